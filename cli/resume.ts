@@ -1,0 +1,55 @@
+/**
+ * `kemari resume`: restores a VM saved by `kemari run --save-at` in this
+ * process and lets it go on.
+ * @module
+ */
+
+import { parse, str, UsageError } from "./common.ts";
+import { parseConsoleSink } from "../devices/console_sink.ts";
+import { Machine } from "../machine/machine.ts";
+import { doorbellMode, saveOptions } from "./run.ts";
+import { runToCompletion } from "./supervise.ts";
+
+export const RESUME_HELP = `Usage: kemari resume STATE_FILE [options]
+
+Restores a VM saved with 'kemari run --save-at' (in any process) and runs it on
+from the exact point it was saved: registers, SIMD state, memory, device rings
+and clock. Requests the guest had posted but no backend had taken are taken now.
+
+Options:
+  --disk PATH          the disk image the VM was saved with
+  --console SINK       stdout | file:PATH | null              [default: stdout]
+  --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
+  --save-at TIME       save again to --state after TIME and stop
+  --state PATH         state file written by --save-at
+  -h, --help           this help`;
+
+const OPTIONS = {
+  disk: { type: "string" },
+  console: { type: "string" },
+  doorbell: { type: "string" },
+  "save-at": { type: "string" },
+  state: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+export async function resume(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, OPTIONS, true);
+  if (values.help) {
+    console.log(RESUME_HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError("resume takes exactly one state file");
+  let sink;
+  try {
+    sink = parseConsoleSink(str(values.console, "stdout"));
+  } catch (e) {
+    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
+  }
+  const machine = await Machine.restore(positionals[0], {
+    disk: str(values.disk),
+    console: sink,
+    doorbell: doorbellMode(values.doorbell),
+  });
+  return await runToCompletion(machine, saveOptions(values));
+}

@@ -1,0 +1,101 @@
+/**
+ * `kemari run`: boots a guest unprotected and shows its console.
+ * @module
+ */
+
+import { parse, parseDuration, parseSize, str, UsageError } from "./common.ts";
+import { resolveGuest } from "./guest_image.ts";
+import { parseConsoleSink } from "../devices/console_sink.ts";
+import { createImage } from "../devices/disk.ts";
+import { Machine } from "../machine/machine.ts";
+import { runToCompletion } from "./supervise.ts";
+
+export const RUN_HELP = `Usage: kemari run [options]
+
+Boots the reference guest (or any guest image for the kemari ABI) under KVM,
+unprotected, and shows its console until the guest exits.
+
+Options:
+  --guest NAME|PATH    guest program (hello, logwriter, pingpong, spin, crash,
+                       badreq) or an ELF image path          [default: hello]
+  --args "K=V ..."     arguments passed to the guest
+  --memory SIZE        guest RAM, a multiple of 2M            [default: 256M]
+  --disk PATH          raw disk image for the PV block device
+  --create-disk SIZE   create (or replace) --disk with this size first
+  --readonly           attach the disk read-only
+  --console SINK       stdout | file:PATH | null              [default: stdout]
+  --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
+  --save-at TIME       save the VM to --state after TIME (e.g. 300ms) and stop
+  --state PATH         state file written by --save-at
+  -h, --help           this help
+
+Exit status: the guest's exit code; 1 on an error, 2 on bad arguments,
+3 when the guest crashes, 4 when it panics.`;
+
+const OPTIONS = {
+  guest: { type: "string" },
+  args: { type: "string" },
+  memory: { type: "string" },
+  disk: { type: "string" },
+  "create-disk": { type: "string" },
+  readonly: { type: "boolean" },
+  console: { type: "string" },
+  doorbell: { type: "string" },
+  "save-at": { type: "string" },
+  state: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Parses `--doorbell`. */
+export function doorbellMode(v: unknown): "ioeventfd" | "exit" {
+  const mode = str(v, "ioeventfd");
+  if (mode !== "ioeventfd" && mode !== "exit") {
+    throw new UsageError(`--doorbell must be ioeventfd or exit, not "${mode}"`);
+  }
+  return mode;
+}
+
+/** Parses `--save-at` and `--state` together. */
+export function saveOptions(values: Record<string, unknown>): { at: number; path: string } | undefined {
+  const at = str(values["save-at"]);
+  const path = str(values.state);
+  if (at === undefined && path === undefined) return undefined;
+  if (at === undefined || path === undefined) {
+    throw new UsageError("--save-at and --state go together");
+  }
+  return { at: parseDuration(at, "--save-at"), path };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parse(argv, OPTIONS);
+  if (values.help) {
+    console.log(RUN_HELP);
+    return 0;
+  }
+  const ramBytes = parseSize(str(values.memory, "256M"), "--memory");
+  const disk = str(values.disk);
+  const create = str(values["create-disk"]);
+  if (create !== undefined) {
+    if (!disk) throw new UsageError("--create-disk needs --disk");
+    createImage(disk, parseSize(create, "--create-disk"), { overwrite: true });
+  }
+  const doorbell = doorbellMode(values.doorbell);
+  const save = saveOptions(values);
+  let console_;
+  try {
+    console_ = parseConsoleSink(str(values.console, "stdout"));
+  } catch (e) {
+    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
+  }
+  const guest = await resolveGuest(str(values.guest, "hello"));
+  const machine = await Machine.boot({
+    ramBytes,
+    guest,
+    args: str(values.args, ""),
+    disk,
+    diskReadOnly: values.readonly === true,
+    console: console_,
+    doorbell,
+  });
+  return await runToCompletion(machine, save);
+}

@@ -1,0 +1,305 @@
+/**
+ * A running guest: the hypervisor backend, the PV devices, and the loop that
+ * services doorbells. Boot from an ELF image, or restore from a state file;
+ * pause, save and resume at any moment.
+ * @module
+ */
+
+import type { VmBackend, VmOptions } from "../hypervisor/types.ts";
+import { KvmBackend } from "../hypervisor/kvm/backend.ts";
+import { EventPage } from "../devices/events.ts";
+import { ConsoleBackend } from "../devices/console.ts";
+import type { ConsoleSink } from "../devices/console_sink.ts";
+import { BlockBackend } from "../devices/block.ts";
+import { DiskImage } from "../devices/disk.ts";
+import { PvClock } from "../devices/clock.ts";
+import type { Device } from "../devices/device.ts";
+import { loadElf } from "./elf.ts";
+import { writeBootPage } from "./boot_page.ts";
+import { writePageTables, writeSystemTables } from "./setup.ts";
+import { ABI_VERSION, MAX_RAM_BYTES, MIN_RAM_BYTES, PORT } from "./layout.ts";
+import type { StopReport } from "./vcpu_control.ts";
+import { readStateFile, readStateMeta, writeStateFile } from "./state_file.ts";
+import { type SavedMachine, validateSavedMachine } from "./saved_machine.ts";
+
+/** Everything needed to boot or restore a guest. */
+export interface MachineConfig {
+  ramBytes: number;
+  /** Path of the guest ELF image (boot only). */
+  guest?: string;
+  /** Guest arguments, "key=value ..." (boot only). */
+  args?: string;
+  disk?: string;
+  diskReadOnly?: boolean;
+  console: ConsoleSink;
+  doorbell?: VmOptions["doorbell"];
+  /** Test hook: called on every doorbell before the devices are serviced. */
+  onDoorbell?: (machine: Machine, count: number) => Promise<void> | void;
+}
+
+/** The configuration is unusable (RAM size, files). */
+export class MachineConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "MachineConfigError";
+  }
+}
+
+const MiB2 = 2 * 1024 * 1024;
+const DOORBELL_PORTS: Record<number, number> = { 0: PORT.doorbellConsole, 1: PORT.doorbellBlock };
+
+function checkRam(bytes: number): void {
+  if (!Number.isSafeInteger(bytes) || bytes < MIN_RAM_BYTES || bytes > MAX_RAM_BYTES) {
+    throw new MachineConfigError(
+      `memory size ${bytes} is outside ${MIN_RAM_BYTES >> 20} MiB..${MAX_RAM_BYTES / 2 ** 30} GiB`,
+    );
+  }
+  if (bytes % MiB2 !== 0) throw new MachineConfigError("memory size must be a multiple of 2 MiB");
+}
+
+/** A guest VM and its devices. */
+export class Machine {
+  readonly events: EventPage;
+  readonly console: ConsoleBackend;
+  readonly block: BlockBackend | undefined;
+  readonly clock: PvClock;
+  readonly devices: Device[];
+  /** Pages ever written (guest or VMM), so a save writes only those. */
+  readonly touched: Uint8Array;
+  #frozen = false;
+  #pendingService = false;
+  #doorbells = 0;
+  #loop: Promise<void> | undefined;
+  #stopped = false;
+  #report: StopReport | undefined;
+
+  private constructor(
+    readonly backend: VmBackend,
+    readonly disk: DiskImage | undefined,
+    readonly config: MachineConfig,
+    readonly bootId: bigint,
+    readonly guestName: string,
+    readonly args: string,
+  ) {
+    const mem = backend.memory;
+    this.events = new EventPage(mem, () => backend.wakeGuest());
+    this.console = new ConsoleBackend(mem, this.events, config.console);
+    this.block = disk ? new BlockBackend(mem, this.events, disk) : undefined;
+    this.clock = new PvClock(mem, { tscKhz: backend.tscKhz, readTsc: () => backend.readTsc() });
+    this.devices = [this.console, ...(this.block ? [this.block] : [])];
+    this.touched = new Uint8Array(Math.ceil(mem.pages / 64) * 8);
+  }
+
+  static #open(config: MachineConfig): { backend: VmBackend; disk: DiskImage | undefined } {
+    checkRam(config.ramBytes);
+    const disk = config.disk ? openDisk(config.disk, config.diskReadOnly ?? false) : undefined;
+    try {
+      const backend = KvmBackend.create({
+        ramBytes: config.ramBytes,
+        doorbell: config.doorbell ?? "ioeventfd",
+        doorbellPorts: DOORBELL_PORTS,
+      });
+      return { backend, disk };
+    } catch (e) {
+      disk?.close();
+      throw e;
+    }
+  }
+
+  /** Builds a fresh VM running `config.guest`. */
+  static async boot(config: MachineConfig): Promise<Machine> {
+    if (!config.guest) throw new MachineConfigError("no guest image given");
+    let elf: Uint8Array;
+    try {
+      elf = Deno.readFileSync(config.guest);
+    } catch (e) {
+      throw new MachineConfigError(
+        `guest image ${config.guest}: ${e instanceof Error ? e.message : e}`,
+      );
+    }
+    const { backend, disk } = Machine.#open(config);
+    const bootId = BigInt.asUintN(64, crypto.getRandomValues(new BigUint64Array(1))[0]);
+    const m = new Machine(backend, disk, config, bootId, config.guest, config.args ?? "");
+    try {
+      const mem = backend.memory;
+      writePageTables(mem);
+      writeSystemTables(mem);
+      const image = loadElf(mem, elf);
+      writeBootPage(mem, {
+        heapStart: image.end,
+        stackTop: mem.size,
+        diskSectors: disk ? disk.sectors : 0n,
+        diskReadOnly: disk?.readOnly ?? false,
+        bootId,
+        args: m.args,
+      });
+      m.clock.start();
+      backend.setBootRegisters({ entry: image.entry, stackTop: mem.size });
+      await m.#start();
+      return m;
+    } catch (e) {
+      m.#closeResources();
+      throw e;
+    }
+  }
+
+  /** Restores a VM saved by {@link saveTo}, in this (possibly another) process. */
+  static async restore(path: string, config: Omit<MachineConfig, "ramBytes">): Promise<Machine> {
+    const saved = validateSavedMachine(readStateMeta(path), path);
+    const full = { ...config, ramBytes: saved.ramBytes, diskReadOnly: saved.disk?.readOnly };
+    if (saved.disk && !config.disk) {
+      throw new MachineConfigError(`${path} was saved with a disk; give the same disk image`);
+    }
+    if (!saved.disk && config.disk) {
+      throw new MachineConfigError(`${path} was saved without a disk`);
+    }
+    const { backend, disk } = Machine.#open(full);
+    const m = new Machine(backend, disk, full, saved.bootId, saved.guest, saved.args);
+    try {
+      if (saved.disk && disk && disk.sectors !== saved.disk.sectors) {
+        throw new MachineConfigError(
+          `disk ${config.disk} has ${disk.sectors} sectors; the saved VM had ${saved.disk.sectors}`,
+        );
+      }
+      readStateFile(path, backend.memory);
+      backend.restoreCpu(saved.cpu);
+      m.events.restore(saved.devices.events);
+      m.console.restore(saved.devices.console);
+      if (m.block) m.block.restore(saved.devices.block);
+      m.clock.restore(saved.clock);
+      await m.#start();
+      // Requests the guest posted before the save and no backend took yet
+      // are taken now: "the secondary will redo the same operation".
+      m.#serviceAll();
+      return m;
+    } catch (e) {
+      m.#closeResources();
+      throw e;
+    }
+  }
+
+  async #start(): Promise<void> {
+    await this.backend.start();
+    this.backend.stopped.then((r) => {
+      this.#report = r;
+      this.#stopped = true;
+      (this.backend as KvmBackend).interruptDoorbell?.();
+    });
+    this.#loop = this.#doorbellLoop();
+  }
+
+  async #doorbellLoop(): Promise<void> {
+    while (!this.#stopped) {
+      const bits = await this.backend.nextDoorbell();
+      if (this.#stopped) break;
+      if (bits === 0) continue;
+      this.#doorbells++;
+      if (this.config.onDoorbell) await this.config.onDoorbell(this, this.#doorbells);
+      if (this.#frozen) this.#pendingService = true;
+      else this.#serviceAll();
+    }
+    // Drain what the guest wrote before it stopped (its last console lines).
+    if (!this.#frozen) this.#serviceAll();
+  }
+
+  #serviceAll(): void {
+    for (const d of this.devices) d.service();
+    // A backend with work left over (its budget ran out) goes again.
+    if (this.block?.needsService) queueMicrotask(() => this.#frozen || this.#serviceAll());
+  }
+
+  /** Number of doorbells seen so far. */
+  get doorbells(): number {
+    return this.#doorbells;
+  }
+
+  /** Pauses the vCPU and freezes the backends: guest memory stops changing. */
+  async pause(): Promise<void> {
+    this.#frozen = true;
+    await this.backend.pause();
+  }
+
+  /** Undoes pause(). */
+  resume(): void {
+    this.backend.resume();
+    this.#frozen = false;
+    if (this.#pendingService) {
+      this.#pendingService = false;
+      this.#serviceAll();
+    }
+  }
+
+  /** The whole machine state as plain data (paused). */
+  saveState(): SavedMachine {
+    return {
+      kind: "kemari-vm",
+      abiVersion: ABI_VERSION,
+      ramBytes: this.backend.memory.size,
+      guest: this.guestName,
+      args: this.args,
+      bootId: this.bootId,
+      disk: this.disk ? { sectors: this.disk.sectors, readOnly: this.disk.readOnly } : null,
+      cpu: this.backend.saveCpu(),
+      clock: this.clock.save(),
+      devices: {
+        events: this.events.save(),
+        console: this.console.save(),
+        block: this.block ? this.block.save() : null,
+      },
+      savedAt: new Date().toISOString(),
+    };
+  }
+
+  /** Harvests dirty pages (hypervisor ∪ VMM) and adds them to `touched`. */
+  harvest(): Uint8Array {
+    const bitmap = this.backend.harvestDirty();
+    const t = this.touched;
+    for (let i = 0; i < bitmap.length; i++) t[i] |= bitmap[i];
+    return bitmap;
+  }
+
+  /** Pauses, writes a state file, and resumes unless `stay` is set. */
+  async saveTo(path: string, stay = false): Promise<void> {
+    await this.pause();
+    try {
+      const state = this.saveState();
+      this.harvest();
+      writeStateFile(path, state, this.backend.memory, this.touched);
+    } finally {
+      if (!stay) this.resume();
+    }
+  }
+
+  /** Resolves when the guest stops (exit, panic, crash, error). */
+  async wait(): Promise<StopReport> {
+    const r = await this.backend.stopped;
+    await this.#loop;
+    return r;
+  }
+
+  /** The stop report, once stopped. */
+  get report(): StopReport | undefined {
+    return this.#report;
+  }
+
+  /** Stops the guest and releases everything. */
+  async shutdown(): Promise<void> {
+    await this.backend.stop();
+    await this.#loop;
+    this.#closeResources();
+  }
+
+  #closeResources(): void {
+    this.backend.close();
+    this.disk?.close();
+    this.events.flushLog();
+  }
+}
+
+function openDisk(path: string, readOnly: boolean): DiskImage {
+  try {
+    return DiskImage.open(path, { readOnly });
+  } catch (e) {
+    throw new MachineConfigError(`disk image ${path}: ${e instanceof Error ? e.message : e}`);
+  }
+}
