@@ -25,7 +25,10 @@ export function parse<O extends Options>(
 ): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
   try {
     const r = parseArgs({ args: argv, options, allowPositionals, strict: true });
-    return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
+    return {
+      values: r.values as Record<string, string | boolean | undefined>,
+      positionals: r.positionals,
+    };
   } catch (e) {
     throw new UsageError(e instanceof Error ? e.message.split("\n")[0] : String(e));
   }

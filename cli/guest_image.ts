@@ -8,6 +8,15 @@ import { UsageError } from "./common.ts";
 
 const NAME = /^[a-z][a-z0-9_]*$/;
 
+/** Names of the reference guest programs (guest/programs/*.c). */
+export function programNames(): string[] {
+  const dir = new URL("../guest/programs/", import.meta.url);
+  return [...Deno.readDirSync(dir)]
+    .filter((e) => e.isFile && e.name.endsWith(".c"))
+    .map((e) => e.name.slice(0, -2))
+    .sort();
+}
+
 /** Path of the ELF image for `guest` (a program name or a path). */
 export async function resolveGuest(guest: string): Promise<string> {
   if (!NAME.test(guest)) {
@@ -18,11 +27,11 @@ export async function resolveGuest(guest: string): Promise<string> {
     }
     return guest;
   }
-  const { buildGuest, guestPath, programNames } = await import("../guest/build.ts");
   const names = programNames();
   if (!names.includes(guest)) {
     throw new UsageError(`no reference guest program "${guest}" (have: ${names.join(", ")})`);
   }
-  await buildGuest({ quiet: true });
+  const { buildGuest, guestPath } = await import("../guest/build.ts");
+  await buildGuest();
   return guestPath(guest);
 }

@@ -21,7 +21,8 @@ Options:
   --console SINK       stdout | file:PATH | null              [default: stdout]
   --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
   --save-at TIME       save again to --state after TIME and stop
-  --state PATH         state file written by --save-at
+  --save-on-doorbell N save to --state at the Nth doorbell (testing aid)
+  --state PATH         state file written by --save-at / --save-on-doorbell
   -h, --help           this help`;
 
 const OPTIONS = {
@@ -29,6 +30,7 @@ const OPTIONS = {
   console: { type: "string" },
   doorbell: { type: "string" },
   "save-at": { type: "string" },
+  "save-on-doorbell": { type: "string" },
   state: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;

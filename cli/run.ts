@@ -8,7 +8,7 @@ import { resolveGuest } from "./guest_image.ts";
 import { parseConsoleSink } from "../devices/console_sink.ts";
 import { createImage } from "../devices/disk.ts";
 import { Machine } from "../machine/machine.ts";
-import { runToCompletion } from "./supervise.ts";
+import { runToCompletion, type SavePlan } from "./supervise.ts";
 
 export const RUN_HELP = `Usage: kemari run [options]
 
@@ -26,7 +26,9 @@ Options:
   --console SINK       stdout | file:PATH | null              [default: stdout]
   --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
   --save-at TIME       save the VM to --state after TIME (e.g. 300ms) and stop
-  --state PATH         state file written by --save-at
+  --save-on-doorbell N save to --state when the Nth doorbell arrives, before
+                       the devices see it (a testing aid: requests in flight)
+  --state PATH         state file written by --save-at / --save-on-doorbell
   -h, --help           this help
 
 Exit status: the guest's exit code; 1 on an error, 2 on bad arguments,
@@ -42,6 +44,7 @@ const OPTIONS = {
   console: { type: "string" },
   doorbell: { type: "string" },
   "save-at": { type: "string" },
+  "save-on-doorbell": { type: "string" },
   state: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -55,15 +58,26 @@ export function doorbellMode(v: unknown): "ioeventfd" | "exit" {
   return mode;
 }
 
-/** Parses `--save-at` and `--state` together. */
-export function saveOptions(values: Record<string, unknown>): { at: number; path: string } | undefined {
+/** Parses `--save-at` / `--save-on-doorbell` and `--state` together. */
+export function saveOptions(values: Record<string, unknown>): SavePlan | undefined {
   const at = str(values["save-at"]);
+  const bell = str(values["save-on-doorbell"]);
   const path = str(values.state);
-  if (at === undefined && path === undefined) return undefined;
-  if (at === undefined || path === undefined) {
-    throw new UsageError("--save-at and --state go together");
+  if (at === undefined && bell === undefined && path === undefined) return undefined;
+  if ((at === undefined && bell === undefined) || path === undefined) {
+    throw new UsageError("--save-at (or --save-on-doorbell) and --state go together");
   }
-  return { at: parseDuration(at, "--save-at"), path };
+  if (at !== undefined && bell !== undefined) {
+    throw new UsageError("--save-at and --save-on-doorbell exclude each other");
+  }
+  if (bell !== undefined) {
+    const n = Number(bell);
+    if (!Number.isSafeInteger(n) || n < 1) {
+      throw new UsageError(`--save-on-doorbell: "${bell}" is not a positive whole number`);
+    }
+    return { onDoorbell: n, path };
+  }
+  return { at: parseDuration(at!, "--save-at"), path };
 }
 
 export async function run(argv: string[]): Promise<number> {

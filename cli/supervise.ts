@@ -42,11 +42,11 @@ export function exitCodeFor(r: StopReport): number {
   }
 }
 
-/** Runs `machine` to the end; with `save`, saves at `save.at` ms and stops. */
-export async function runToCompletion(
-  machine: Machine,
-  save?: { at: number; path: string },
-): Promise<number> {
+/** When to save the VM and stop: after `at` ms, or at the Nth doorbell. */
+export type SavePlan = { at: number; path: string } | { onDoorbell: number; path: string };
+
+/** Runs `machine` to the end; with `save`, saves as planned and stops. */
+export async function runToCompletion(machine: Machine, save?: SavePlan): Promise<number> {
   let signalled: string | undefined;
   const onSignal = (name: string) => () => {
     signalled = name;
@@ -56,10 +56,16 @@ export async function runToCompletion(
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   let timer: ReturnType<typeof setTimeout> | undefined;
   let saved: Promise<void> | undefined;
-  if (save) {
-    timer = setTimeout(() => {
-      saved = machine.saveTo(save.path, true).then(() => machine.shutdown());
-    }, save.at);
+  const saveNow = () => {
+    saved ??= machine.saveTo(save!.path, true).then(() => machine.shutdown());
+  };
+  if (save && "at" in save) timer = setTimeout(saveNow, save.at);
+  if (save && "onDoorbell" in save) {
+    // saveTo() freezes the devices at once, so this doorbell's requests
+    // stay untaken: they are in flight in the saved state.
+    machine.onDoorbell = (count) => {
+      if (count === save.onDoorbell) saveNow();
+    };
   }
   try {
     const r = await machine.wait();

@@ -19,7 +19,12 @@ const symbols = {
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   read: { parameters: ["i32", "pointer", "usize"], result: "isize" },
-  read_async: { name: "read", parameters: ["i32", "pointer", "usize"], result: "isize", nonblocking: true },
+  read_async: {
+    name: "read",
+    parameters: ["i32", "pointer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
   write: { parameters: ["i32", "pointer", "usize"], result: "isize" },
   getpid: { parameters: [], result: "i32" },
   gettid: { parameters: [], result: "i32" },

@@ -33,7 +33,7 @@ export interface VmBackend {
   readonly memory: GuestMemory;
   /** Host TSC frequency in kHz. */
   readonly tscKhz: number;
-  /** The host TSC now (what the guest's rdtsc returns). */
+  /** The host TSC now (what the guest's rdtsc returns); vCPU not running. */
   readTsc(): bigint;
   /** Pages dirtied since the last call (hypervisor log ∪ VMM writes); vCPU paused. */
   harvestDirty(): Uint8Array;

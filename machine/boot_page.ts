@@ -4,7 +4,15 @@
  */
 
 import type { GuestMemory } from "../hypervisor/guest_memory.ts";
-import { ABI_VERSION, ARGS_MAX, ARGS_OFFSET, BOOT, BOOT_MAGIC, DISK_READONLY, GPA } from "./layout.ts";
+import {
+  ABI_VERSION,
+  ARGS_MAX,
+  ARGS_OFFSET,
+  BOOT,
+  BOOT_MAGIC,
+  DISK_READONLY,
+  GPA,
+} from "./layout.ts";
 
 export interface BootInfo {
   heapStart: number;

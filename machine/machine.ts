@@ -33,8 +33,6 @@ export interface MachineConfig {
   diskReadOnly?: boolean;
   console: ConsoleSink;
   doorbell?: VmOptions["doorbell"];
-  /** Test hook: called on every doorbell before the devices are serviced. */
-  onDoorbell?: (machine: Machine, count: number) => Promise<void> | void;
 }
 
 /** The configuration is unusable (RAM size, files). */
@@ -72,6 +70,11 @@ export class Machine {
   #loop: Promise<void> | undefined;
   #stopped = false;
   #report: StopReport | undefined;
+  /**
+   * Called on every doorbell before the devices are serviced (a testing aid:
+   * a save from here catches requests in flight).
+   */
+  onDoorbell: ((count: number) => Promise<void> | void) | undefined;
 
   private constructor(
     readonly backend: VmBackend,
@@ -194,7 +197,7 @@ export class Machine {
       if (this.#stopped) break;
       if (bits === 0) continue;
       this.#doorbells++;
-      if (this.config.onDoorbell) await this.config.onDoorbell(this, this.#doorbells);
+      if (this.onDoorbell) await this.onDoorbell(this.#doorbells);
       if (this.#frozen) this.#pendingService = true;
       else this.#serviceAll();
     }

@@ -205,7 +205,9 @@ export function readStateFile(path: string, mem: GuestMemory | undefined): unkno
         return meta;
       }
       if (tag === TAG.META) {
-        if (length > MAX_META) throw new StateFileError(path, `metadata length ${length} too large`);
+        if (length > MAX_META) {
+          throw new StateFileError(path, `metadata length ${length} too large`);
+        }
         const json = read(length);
         if (crc32(json) !== crc) throw new StateFileError(path, "metadata checksum mismatch");
         try {
@@ -214,9 +216,11 @@ export function readStateFile(path: string, mem: GuestMemory | undefined): unkno
           throw new StateFileError(path, "metadata is not valid JSON");
         }
       } else if (tag === TAG.MEMR) {
-        if (!mem) return meta ?? (() => {
-          throw new StateFileError(path, "memory before metadata");
-        })();
+        if (!mem) {
+          return meta ?? (() => {
+            throw new StateFileError(path, "memory before metadata");
+          })();
+        }
         readMemory(length, crc);
       } else {
         throw new StateFileError(path, `unknown section 0x${tag.toString(16)}`);

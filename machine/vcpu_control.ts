@@ -72,7 +72,6 @@ export type WorkerMessage =
 export interface WorkerInit {
   control: Int32Array<SharedArrayBuffer>;
   vcpuFd: number;
-  vmFd: number;
   mmapSize: number;
   ramAddress: bigint;
   ramBytes: number;

@@ -8,10 +8,8 @@
 /// <reference lib="deno.worker" />
 
 import { gettid } from "../ffi/libc.ts";
-import { EXIT, IO_OUT, LAYOUT, SYNC_X86_REGS } from "../hypervisor/kvm/abi.ts";
+import { EXIT, IO_OUT, LAYOUT, MSR_IA32_TSC, SYNC_X86_REGS } from "../hypervisor/kvm/abi.ts";
 import { KvmVcpu } from "../hypervisor/kvm/vcpu.ts";
-import { KvmSystem } from "../hypervisor/kvm/system.ts";
-import { KvmVm } from "../hypervisor/kvm/vm.ts";
 import { GuestMemory } from "../hypervisor/guest_memory.ts";
 import { guestNow } from "./clock_read.ts";
 import { ABI_VERSION, EVENTS, GPA, HC, PORT } from "./layout.ts";
@@ -19,10 +17,10 @@ import {
   CTL,
   Request,
   type StopReport,
+  VcpuState,
   vectorName,
   type WorkerInit,
   type WorkerMessage,
-  VcpuState,
 } from "./vcpu_control.ts";
 
 const RUN = LAYOUT.kvm_run.fields;
@@ -52,8 +50,6 @@ self.onmessage = (e: MessageEvent<WorkerInit>) => {
 function runLoop(init: WorkerInit): StopReport {
   const ctl = init.control;
   const vcpu = KvmVcpu.attach(init.vcpuFd, init.mmapSize);
-  // A VM fd wrapper for KVM_GET_CLOCK (the host TSC); it owns nothing.
-  const vm = new KvmVm(undefined as unknown as KvmSystem, init.vmFd);
   const ram = Deno.UnsafePointerView.getArrayBuffer(
     Deno.UnsafePointer.create(init.ramAddress)!,
     init.ramBytes,
@@ -187,7 +183,7 @@ function runLoop(init: WorkerInit): StopReport {
       const wake = Atomics.load(ctl, CTL.wake);
       const seq = mem.u32(GPA.events + EVENTS.seq);
       if (seq !== seen || Atomics.load(ctl, CTL.request) !== Request.NONE) return seq;
-      const now = guestNow(mem, vm.hostTsc());
+      const now = guestNow(mem, vcpu.getMsrs([MSR_IA32_TSC])[0]);
       if (now >= deadline) return seq;
       const ms = Number(deadline - now) / 1e6;
       Atomics.store(ctl, CTL.state, VcpuState.BLOCKED);
@@ -200,7 +196,10 @@ function runLoop(init: WorkerInit): StopReport {
     const rsp = Number(reg(R.rsp));
     const cr2 = run.getBigUint64(SREGS + LAYOUT.kvm_sregs.fields.cr2, true);
     if (!mem.contains(rsp, 7 * 8)) {
-      return { kind: "error", message: `crash with ring-0 stack outside RAM (rsp 0x${rsp.toString(16)})` };
+      return {
+        kind: "error",
+        message: `crash with ring-0 stack outside RAM (rsp 0x${rsp.toString(16)})`,
+      };
     }
     const vector = Number(mem.u64(rsp));
     const errorCode = Number(mem.u64(rsp + 8));

@@ -32,6 +32,28 @@ export class CpuStateError extends Error {
   }
 }
 
+/**
+ * Sets the APIC-ID fields of a kvm_cpuid2 table to vCPU 0's (0), in place:
+ * KVM_GET_SUPPORTED_CPUID reports the ID of whichever host CPU ran the ioctl
+ * (leaf 1 EBX[31:24], leaves 0xB and 0x1F EDX), which must not make two
+ * identical hosts look different.
+ */
+export function normalizeCpuid(cpuid: Uint8Array): Uint8Array {
+  const dv = new DataView(cpuid.buffer, cpuid.byteOffset, cpuid.byteLength);
+  const E = LAYOUT.kvm_cpuid_entry2;
+  const n = dv.getUint32(LAYOUT.kvm_cpuid2.fields.nent, true);
+  for (let i = 0; i < n; i++) {
+    const o = LAYOUT.kvm_cpuid2.fields.entries + i * E.size;
+    const fn = dv.getUint32(o + E.fields.function, true);
+    if (fn === 1) {
+      dv.setUint32(o + E.fields.ebx, dv.getUint32(o + E.fields.ebx, true) & 0x00ffffff, true);
+    } else if (fn === 0xb || fn === 0x1f) {
+      dv.setUint32(o + E.fields.edx, 0, true);
+    }
+  }
+  return cpuid;
+}
+
 /** Fingerprint of the CPU features a guest may have used. */
 export function cpuFeatures(cpuid: Uint8Array, xcr0: bigint = XCR0_GUEST): string {
   return createHash("sha256").update(cpuid).update(`xcr0=${xcr0}`).digest("hex");

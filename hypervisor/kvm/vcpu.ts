@@ -10,9 +10,9 @@ import {
   IOCTL,
   LAYOUT,
   MSR_KVM_ASYNC_PF_INT,
+  SYNC_X86_EVENTS,
   SYNC_X86_REGS,
   SYNC_X86_SREGS,
-  SYNC_X86_EVENTS,
 } from "./abi.ts";
 import { ioctlBuf, ioctlInt, struct } from "./ioctl.ts";
 import { errno, libc } from "../../ffi/libc.ts";
@@ -166,4 +166,3 @@ export class KvmVcpu {
 
 /** XSAVE buffer size reported by KVM_CAP_XSAVE2. */
 export const XSAVE2_CAP = CAP.XSAVE2;
-

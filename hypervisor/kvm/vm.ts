@@ -58,7 +58,11 @@ export class KvmVm {
     const f = LAYOUT.kvm_dirty_log.fields;
     const { buf, dv } = struct(LAYOUT.kvm_dirty_log.size);
     dv.setUint32(f.slot, slot, true);
-    dv.setBigUint64(f.dirty_bitmap, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bitmap))), true);
+    dv.setBigUint64(
+      f.dirty_bitmap,
+      BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bitmap))),
+      true,
+    );
     ioctlBuf(this.fd, IOCTL.GET_DIRTY_LOG, "KVM_GET_DIRTY_LOG", buf);
   }
 
@@ -69,7 +73,11 @@ export class KvmVm {
     dv.setUint32(f.slot, slot, true);
     dv.setUint32(f.num_pages, pages, true);
     dv.setBigUint64(f.first_page, 0n, true);
-    dv.setBigUint64(f.dirty_bitmap, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bitmap))), true);
+    dv.setBigUint64(
+      f.dirty_bitmap,
+      BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bitmap))),
+      true,
+    );
     ioctlBuf(this.fd, IOCTL.CLEAR_DIRTY_LOG, "KVM_CLEAR_DIRTY_LOG", buf);
   }
 
@@ -82,13 +90,6 @@ export class KvmVm {
     dv.setInt32(f.fd, eventFd, true);
     dv.setUint32(f.flags, IOEVENTFD_FLAG_PIO, true);
     ioctlBuf(this.fd, IOCTL.IOEVENTFD, "KVM_IOEVENTFD", buf);
-  }
-
-  /** KVM_GET_CLOCK: the host TSC read together with kvmclock. */
-  hostTsc(): bigint {
-    const { buf, dv } = struct(LAYOUT.kvm_clock_data.size);
-    ioctlBuf(this.fd, IOCTL.GET_CLOCK, "KVM_GET_CLOCK", buf);
-    return dv.getBigUint64(LAYOUT.kvm_clock_data.fields.host_tsc, true);
   }
 
   /** KVM_CREATE_VCPU: the vCPU fd. */
