@@ -176,80 +176,94 @@ export function readStateFile(path: string, mem: GuestMemory | undefined): unkno
     throw new StateFileError(path, e instanceof Error ? e.message : String(e));
   }
   try {
-    let crcAll = 0;
-    const read = (n: number): Uint8Array => {
-      const b = new Uint8Array(n);
-      readFull(file, b, path);
-      crcAll = crc32(b, crcAll);
-      return b;
-    };
-    const header = read(HEADER);
+    return new Reader(file, path).read(mem);
+  } finally {
+    file.close();
+  }
+}
+
+/** Reads sections in order, keeping the running checksum of the whole file. */
+class Reader {
+  #crcAll = 0;
+  constructor(readonly file: Deno.FsFile, readonly path: string) {}
+
+  #bytes(n: number): Uint8Array {
+    const b = new Uint8Array(n);
+    this.#into(b);
+    return b;
+  }
+
+  #into(b: Uint8Array): void {
+    readFull(this.file, b, this.path);
+    this.#crcAll = crc32(b, this.#crcAll);
+  }
+
+  #fail(message: string): StateFileError {
+    return new StateFileError(this.path, message);
+  }
+
+  read(mem: GuestMemory | undefined): unknown {
+    const header = this.#bytes(HEADER);
     if (new TextDecoder().decode(header.subarray(0, 8)) !== MAGIC) {
-      throw new StateFileError(path, "not a kemari state file");
+      throw this.#fail("not a kemari state file");
     }
     const version = new DataView(header.buffer).getUint32(8, true);
     if (version !== STATE_VERSION) {
-      throw new StateFileError(path, `version ${version}, this kemari reads ${STATE_VERSION}`);
+      throw this.#fail(`version ${version}, this kemari reads ${STATE_VERSION}`);
     }
     let meta: unknown = undefined;
     for (;;) {
-      const crcBefore = crcAll;
-      const h = read(SECTION);
-      const dv = new DataView(h.buffer);
+      const crcBefore = this.#crcAll;
+      const dv = new DataView(this.#bytes(SECTION).buffer);
       const tag = dv.getUint32(0, true);
       const length = Number(dv.getBigUint64(8, true));
       const crc = dv.getUint32(16, true);
       if (tag === TAG.END) {
-        if (crc !== crcBefore >>> 0) throw new StateFileError(path, "checksum mismatch (corrupt)");
-        if (meta === undefined) throw new StateFileError(path, "no metadata");
+        if (crc !== crcBefore >>> 0) throw this.#fail("checksum mismatch (corrupt)");
+        if (meta === undefined) throw this.#fail("no metadata");
         return meta;
-      }
-      if (tag === TAG.META) {
-        if (length > MAX_META) {
-          throw new StateFileError(path, `metadata length ${length} too large`);
-        }
-        const json = read(length);
-        if (crc32(json) !== crc) throw new StateFileError(path, "metadata checksum mismatch");
-        try {
-          meta = decodeJson(json);
-        } catch {
-          throw new StateFileError(path, "metadata is not valid JSON");
-        }
+      } else if (tag === TAG.META) {
+        meta = this.#meta(length, crc);
       } else if (tag === TAG.MEMR) {
-        if (!mem) {
-          return meta ?? (() => {
-            throw new StateFileError(path, "memory before metadata");
-          })();
-        }
-        readMemory(length, crc);
+        if (meta === undefined) throw this.#fail("memory before metadata");
+        if (!mem) return meta;
+        this.#memory(mem, length, crc);
       } else {
-        throw new StateFileError(path, `unknown section 0x${tag.toString(16)}`);
+        throw this.#fail(`unknown section 0x${tag.toString(16)}`);
       }
     }
+  }
 
-    function readMemory(length: number, crc: number): void {
-      let left = length, sum = 0;
-      while (left > 0) {
-        if (left < 8) throw new StateFileError(path, "memory section is malformed");
-        const rh = read(8);
-        const dv = new DataView(rh.buffer);
-        const first = dv.getUint32(0, true), count = dv.getUint32(4, true);
-        const bytes = count * PAGE_SIZE;
-        if (count === 0 || count > CHUNK_PAGES || 8 + bytes > left) {
-          throw new StateFileError(path, "memory run is malformed");
-        }
-        if (!mem!.contains(first * PAGE_SIZE, bytes)) {
-          throw new StateFileError(path, `memory run at page ${first} is outside guest RAM`);
-        }
-        const dest = mem!.writable(first * PAGE_SIZE, bytes);
-        readFull(file, dest, path);
-        crcAll = crc32(dest, crcAll);
-        sum = crc32(dest, crc32(rh, sum));
-        left -= 8 + bytes;
-      }
-      if (sum !== crc) throw new StateFileError(path, "memory checksum mismatch (corrupt)");
+  #meta(length: number, crc: number): unknown {
+    if (length > MAX_META) throw this.#fail(`metadata length ${length} too large`);
+    const json = this.#bytes(length);
+    if (crc32(json) !== crc) throw this.#fail("metadata checksum mismatch (corrupt)");
+    try {
+      return decodeJson(json);
+    } catch {
+      throw this.#fail("metadata is not valid JSON");
     }
-  } finally {
-    file.close();
+  }
+
+  #memory(mem: GuestMemory, length: number, crc: number): void {
+    let left = length, sum = 0;
+    while (left > 0) {
+      if (left < 8) throw this.#fail("memory section is malformed");
+      const rh = this.#bytes(8);
+      const dv = new DataView(rh.buffer);
+      const first = dv.getUint32(0, true), count = dv.getUint32(4, true);
+      const bytes = count * PAGE_SIZE;
+      if (count === 0 || count > CHUNK_PAGES || 8 + bytes > left) {
+        throw this.#fail("memory run is malformed");
+      }
+      if (!mem.contains(first * PAGE_SIZE, bytes)) {
+        throw this.#fail(`memory run at page ${first} is outside guest RAM`);
+      }
+      const dest = mem.writable(first * PAGE_SIZE, bytes);
+      this.#into(dest);
+      sum = crc32(dest, crc32(rh, sum));
+      left -= 8 + bytes;
+    }
+    if (sum !== crc) throw this.#fail("memory checksum mismatch (corrupt)");
   }
 }

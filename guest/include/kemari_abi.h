@@ -51,9 +51,9 @@
 /* Hypercalls. Every hypercall is idempotent: repeating one is harmless. */
 #define KEMARI_HC_VERSION 0u /* -> KEMARI_ABI_VERSION */
 #define KEMARI_HC_WAIT 1u    /* (deadline_ns, seen_seq) -> current event seq */
-#define KEMARI_HC_EXIT 2u    /* (code): the guest is done */
-#define KEMARI_HC_PANIC 3u   /* (msg_gpa, len): guest-detected failure */
-#define KEMARI_HC_BAD -1     /* result of an unknown hypercall */
+#define KEMARI_HC_EXIT 2u    /* (code): the guest is done; the VMM keeps code & 0xff */
+#define KEMARI_HC_PANIC 3u   /* (msg_gpa, len <= 4096): guest-detected failure */
+#define KEMARI_HC_BAD -1     /* unknown hypercall: rax = 0xffffffffffffffff */
 
 #define KEMARI_BOOT_MAGIC 0x54424952414d454bull /* "KEMARIBT" */
 #define KEMARI_ARGS_OFFSET 0x400u
@@ -78,8 +78,12 @@ struct kemari_boot {
 };
 
 /*
- * PV clock page. ns = ns_base + ((rdtsc - tsc_base) * mul) >> shift.
- * seq is odd while the VMM rewrites it (only while the vCPU is paused).
+ * PV clock page:
+ *   ns = ns_base + (((rdtsc - tsc_base) * mul) >> shift)
+ * with the product taken in 128 bits, and a delta of 0 when rdtsc < tsc_base.
+ * seq is odd while the VMM rewrites it (only while the vCPU is paused). After
+ * a restore on another host the VMM rewrites tsc_base for that host's TSC and
+ * ns_base to the guest time at the save, so guest time never goes back.
  */
 struct kemari_clock {
   uint32_t seq;      /* 0 */
@@ -90,7 +94,20 @@ struct kemari_clock {
   uint64_t tsc_khz;  /* 32 */
 };
 
-/* Event page: the VMM adds 1 to seq whenever it posts anything to the guest. */
+/*
+ * Event page: the VMM adds 1 to seq whenever it posts anything to the guest
+ * (responses, console input, console output consumed). bad_requests counts
+ * every refused request plus each ring overrun, and moves before the
+ * response to the refused request is posted.
+ *
+ * I/O data pages (blkif segment grefs are guest page frame numbers in KVM
+ * mode) must lie at or above KEMARI_GUEST_FREE_GPA.
+ *
+ * Ring overrun (req_prod - req_cons > ring size, u32): the backend counts a
+ * bad request, sets its req_cons to the req_prod it read, posts no response
+ * and leaves rsp_prod alone; the guest re-syncs from the shared ring. A
+ * console out_prod more than 2048 bytes ahead: out_cons = out_prod.
+ */
 struct kemari_events {
   uint32_t seq;          /* 0 */
   uint32_t bad_requests; /* 4  malformed requests the VMM refused */

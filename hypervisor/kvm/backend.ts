@@ -53,6 +53,7 @@ export class KvmBackend implements VmBackend {
   #eventFd = -1;
   #eventBuf = new BigUint64Array(1);
   #closed = false;
+  #interrupted = false;
   #features: string;
   #msrList: number[];
   #xsaveSize: number;
@@ -248,14 +249,16 @@ export class KvmBackend implements VmBackend {
     for (;;) {
       const bits = Atomics.exchange(ctl, CTL.doorbells, 0);
       if (bits !== 0) return bits;
+      if (this.#interrupted) return 0;
       const r = Atomics.waitAsync(ctl, CTL.doorbells, 0);
       if (r.async) await r.value;
-      if (this.#closed) return 0;
+      if (this.#interrupted) return 0;
     }
   }
 
   /** Makes a pending nextDoorbell() return (used at shutdown). */
   interruptDoorbell(): void {
+    this.#interrupted = true;
     if (this.#eventFd >= 0) {
       const one = new BigUint64Array([1n]);
       libc().write(this.#eventFd, Deno.UnsafePointer.of(one), 8n);
