@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { VmBackend, VmOptions } from "../hypervisor/types.ts";
+import type { VcpuStateName, VmBackend, VmOptions } from "../hypervisor/types.ts";
 import { KvmBackend } from "../hypervisor/kvm/backend.ts";
 import { EventPage } from "../devices/events.ts";
 import { ConsoleBackend } from "../devices/console.ts";
@@ -216,9 +216,13 @@ export class Machine {
     return this.#doorbells;
   }
 
+  /** The vCPU state seen by the last pause() just before it asked. */
+  pausedFrom: VcpuStateName | undefined;
+
   /** Pauses the vCPU and freezes the backends: guest memory stops changing. */
   async pause(): Promise<void> {
     this.#frozen = true;
+    this.pausedFrom = this.backend.vcpuState();
     await this.backend.pause();
   }
 
@@ -250,6 +254,7 @@ export class Machine {
         block: this.block ? this.block.save() : null,
       },
       savedAt: new Date().toISOString(),
+      pausedFrom: this.pausedFrom ?? "new",
     };
   }
 

@@ -19,6 +19,8 @@ export interface SavedMachine {
   clock: unknown;
   devices: { events: unknown; console: unknown; block: unknown };
   savedAt: string;
+  /** Where the vCPU was when the pause was asked for (information only). */
+  pausedFrom: string;
 }
 
 /** Checks the shape of a SavedMachine read from `path`. */

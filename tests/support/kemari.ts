@@ -103,3 +103,8 @@ export function readLog(image: string): LogRecord[] {
 export function consoleRecords(text: string): number[] {
   return [...text.matchAll(/^rec (\d+) /gm)].map((m) => Number(m[1]));
 }
+
+/** The SIMD fold logwriter writes for `seq` (guest/programs/logwriter.c). */
+export function simdFold(seq: bigint): bigint {
+  return BigInt.asUintN(64, (14n * seq) ^ (seq << 32n));
+}
