@@ -80,9 +80,9 @@ export class Machine {
     readonly backend: VmBackend,
     readonly disk: DiskImage | undefined,
     readonly config: MachineConfig,
-    readonly bootId: bigint,
-    readonly guestName: string,
-    readonly args: string,
+    public bootId: bigint,
+    public guestName: string,
+    public args: string,
   ) {
     const mem = backend.memory;
     this.events = new EventPage(mem, () => backend.wakeGuest());
@@ -146,39 +146,74 @@ export class Machine {
     }
   }
 
+  /**
+   * A VM whose RAM and devices exist but whose vCPU has not started: a
+   * standby's ready VM. Fill its memory, then {@link activate} it.
+   */
+  static prepare(config: MachineConfig): Machine {
+    const { backend, disk } = Machine.#open(config);
+    return new Machine(backend, disk, config, 0n, config.guest ?? "", config.args ?? "");
+  }
+
   /** Restores a VM saved by {@link saveTo}, in this (possibly another) process. */
   static async restore(path: string, config: Omit<MachineConfig, "ramBytes">): Promise<Machine> {
     const saved = validateSavedMachine(readStateMeta(path), path);
-    const full = { ...config, ramBytes: saved.ramBytes, diskReadOnly: saved.disk?.readOnly };
     if (saved.disk && !config.disk) {
       throw new MachineConfigError(`${path} was saved with a disk; give the same disk image`);
     }
     if (!saved.disk && config.disk) {
       throw new MachineConfigError(`${path} was saved without a disk`);
     }
-    const { backend, disk } = Machine.#open(full);
-    const m = new Machine(backend, disk, full, saved.bootId, saved.guest, saved.args);
+    const m = Machine.prepare({
+      ...config,
+      ramBytes: saved.ramBytes,
+      diskReadOnly: saved.disk?.readOnly,
+    });
     try {
-      if (saved.disk && disk && disk.sectors !== saved.disk.sectors) {
-        throw new MachineConfigError(
-          `disk ${config.disk} has ${disk.sectors} sectors; the saved VM had ${saved.disk.sectors}`,
-        );
-      }
-      readStateFile(path, backend.memory);
-      backend.restoreCpu(saved.cpu);
-      m.events.restore(saved.devices.events);
-      m.console.restore(saved.devices.console);
-      if (m.block) m.block.restore(saved.devices.block);
-      m.clock.restore(saved.clock);
-      await m.#start();
-      // Requests the guest posted before the save and no backend took yet
-      // are taken now: "the secondary will redo the same operation".
-      m.#serviceAll();
+      readStateFile(path, m.backend.memory);
+      await m.activate(saved);
       return m;
     } catch (e) {
       m.#closeResources();
       throw e;
     }
+  }
+
+  /**
+   * Adopts a saved state over the memory already in place (a prepared VM)
+   * and starts the vCPU. Outputs the state still held are re-issued, and
+   * requests the guest posted that no backend took yet are taken now: "the
+   * secondary will redo the same operation".
+   */
+  async activate(saved: SavedMachine): Promise<void> {
+    if (saved.ramBytes !== this.backend.memory.size) {
+      throw new MachineConfigError(
+        `the saved VM has ${saved.ramBytes} bytes of RAM; this one has ${this.backend.memory.size}`,
+      );
+    }
+    const disk = this.disk;
+    if (saved.disk && disk && disk.sectors !== saved.disk.sectors) {
+      throw new MachineConfigError(
+        `disk ${disk.path} has ${disk.sectors} sectors; the saved VM had ${saved.disk.sectors}`,
+      );
+    }
+    this.bootId = saved.bootId;
+    this.guestName = saved.guest;
+    this.args = saved.args;
+    this.backend.restoreCpu(saved.cpu);
+    this.events.restore(saved.devices.events);
+    this.console.restore(saved.devices.console);
+    if (this.block) this.block.restore(saved.devices.block);
+    this.clock.restore(saved.clock);
+    await this.#start();
+    this.reissueHeldOutputs();
+    this.#serviceAll();
+  }
+
+  /** Sends every output the devices still hold (after a takeover). */
+  reissueHeldOutputs(): void {
+    const d = [this.console, this.block] as unknown as Array<{ reissueHeld?: () => void }>;
+    for (const dev of d) dev?.reissueHeld?.();
   }
 
   async #start(): Promise<void> {
