@@ -11,9 +11,16 @@ const HELP = `kemari — don't drop the VMs!
 Usage: kemari <command> [options]
 
 Commands:
-  run       boot a guest unprotected and show its console
-  resume    restore a saved VM (from 'run --save-at') and run it on
-  help      this text
+  run         boot a guest unprotected and show its console
+  resume      restore a saved VM (from 'run --save-at') and run it on
+  primary     run a guest protected by a standby
+  standby     follow a primary and take over when it dies
+  status      show what a primary or standby is doing (--json)
+  switchover  swap roles on purpose (maintenance), nothing lost
+  unprotect   end protection of a running primary
+  tap         attach, detach or list tap plug-ins of a running primary
+  keygen      write a pre-shared key for the replication link
+  help        this text
 
 'kemari <command> --help' describes each command.`;
 
@@ -22,6 +29,13 @@ type Command = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   run: async () => (await import("./cli/run.ts")).run,
   resume: async () => (await import("./cli/resume.ts")).resume,
+  primary: async () => (await import("./cli/primary.ts")).primary,
+  standby: async () => (await import("./cli/standby.ts")).standby,
+  status: async () => (await import("./cli/status.ts")).status,
+  switchover: async () => (await import("./cli/unprotect.ts")).switchover,
+  unprotect: async () => (await import("./cli/unprotect.ts")).unprotect,
+  tap: async () => (await import("./cli/tap.ts")).tap,
+  keygen: async () => (await import("./cli/keygen.ts")).keygen,
 };
 
 export async function main(argv: string[]): Promise<number> {

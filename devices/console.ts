@@ -5,6 +5,14 @@
  * backend consumes `out[]` and produces `in[]`. The backend's own indexes
  * (out_cons, in_prod) are kept privately and only copied to the page, so a
  * guest scribbling on them cannot confuse the backend.
+ *
+ * Output commit: while the {@link OutputGate} is holding, bytes taken from
+ * out[] are not written to the sink but kept in a queue of held chunks, each
+ * tagged with the epoch (next checkpoint) that covers it, and written when
+ * the engine calls {@link ConsoleBackend.release}. Held chunks are device
+ * state: they are saved and restored with the rest, and a standby that takes
+ * over writes them with {@link ConsoleBackend.releaseAll} (at least once, in
+ * order).
  * @module
  */
 
@@ -13,8 +21,15 @@ import { GPA } from "../machine/layout.ts";
 import type { Device, DeviceState } from "./device.ts";
 import type { ConsoleSink } from "./console_sink.ts";
 import type { EventPage } from "./events.ts";
+import {
+  checkEpoch,
+  type HeldSummary,
+  holdEpoch,
+  OPEN_GATE,
+  type OutputGate,
+} from "./output_gate.ts";
 import { SharedWords, u32Distance } from "./shared_words.ts";
-import { StateReader } from "./state_reader.ts";
+import { encodeBase64, StateReader } from "./state_reader.ts";
 
 /** Layout of struct xencons_interface. */
 export const XENCONS = {
@@ -30,6 +45,33 @@ export const XENCONS = {
 
 /** Longest line kept for status, in bytes. */
 export const STATUS_LINE_MAX = 256;
+
+/**
+ * Largest held chunk: output of one epoch taken by consecutive service()
+ * calls is merged into the last chunk up to this size, so line-at-a-time
+ * output does not use one chunk per line.
+ */
+export const CONSOLE_CHUNK_MAX = 4096;
+
+/**
+ * Hard caps on held console output, whatever the gate says: service()
+ * leaves bytes in the ring rather than pass them, and restore() refuses a
+ * state beyond them.
+ */
+export const CONSOLE_HELD_CAP = { bytes: 64 * 1024 * 1024, count: 16384 } as const;
+
+/** Why the last service() left output in the ring. */
+export type ConsoleStall =
+  /** The gate's mayHold() said no (or the hard cap was reached). */
+  | "hold-limit"
+  /** Chunks are held but the gate no longer holds: the engine must releaseAll() first. */
+  | "release-pending";
+
+/** One chunk of held output. */
+interface HeldChunk {
+  epoch: number;
+  bytes: Uint8Array;
+}
 
 /** Console counters for status and metrics. */
 export interface ConsoleCounters {
@@ -52,6 +94,10 @@ export class ConsoleBackend implements Device {
   #inProd = 0;
   #counters: ConsoleCounters = { bytesOut: 0, bytesIn: 0, inputDropped: 0, overruns: 0 };
   readonly #line = new LineTracker();
+  #gate: OutputGate = OPEN_GATE;
+  #held: HeldChunk[] = [];
+  #heldBytes = 0;
+  #stall: ConsoleStall | null = null;
 
   /** A console at GPA.console whose output goes to `sink`. */
   constructor(readonly mem: GuestMemory, readonly events: EventPage, readonly sink: ConsoleSink) {
@@ -60,12 +106,22 @@ export class ConsoleBackend implements Device {
   }
 
   /**
-   * Moves everything in out[out_cons..out_prod) to the sink and notifies the
-   * guest (it may be waiting for room). True if out_cons moved. out_cons is
-   * advanced before the sink is called, so a sink that throws (a host I/O
-   * error, passed on to the caller) loses that chunk but never repeats it.
+   * Takes everything in out[out_cons..out_prod) and notifies the guest (it
+   * may be waiting for room). True if out_cons moved.
+   *
+   * Unprotected, the bytes go to the sink at once. out_cons is advanced
+   * before the sink is called, so a sink that throws (a host I/O error,
+   * passed on to the caller) loses that chunk but never repeats it.
+   *
+   * While the gate is holding, the bytes are held (see {@link release}) and
+   * the gate is told; if the gate's mayHold() says no, or the hard cap
+   * {@link CONSOLE_HELD_CAP} is reached, nothing is taken and the guest
+   * waits on its full ring. If chunks are still held but the gate no longer
+   * holds, nothing is taken either (output must not overtake held output)
+   * until the engine calls {@link releaseAll}. See {@link stalled}.
    */
   service(): boolean {
+    this.#stall = null;
     const outProd = this.#words.load(this.#base + XENCONS.outProd);
     const count = u32Distance(outProd, this.#outCons);
     if (count === 0) return false;
@@ -77,13 +133,90 @@ export class ConsoleBackend implements Device {
       this.events.badRequest(reason);
       return true;
     }
+    const gate = this.#gate;
+    if (!gate.holding) {
+      if (this.#held.length > 0) {
+        this.#stall = "release-pending";
+        return false;
+      }
+      const bytes = this.#copyOut(count);
+      this.#setOutCons((this.#outCons + count) >>> 0);
+      this.events.notify();
+      this.#emit(bytes);
+      return true;
+    }
+    const epoch = holdEpoch(gate, this.#held.at(-1)?.epoch);
+    const underCap = this.#heldBytes + XENCONS.outSize <= CONSOLE_HELD_CAP.bytes &&
+      this.#held.length < CONSOLE_HELD_CAP.count;
+    if (!underCap || !gate.mayHold(this.name, this.#heldBytes, this.#held.length)) {
+      this.#stall = "hold-limit";
+      return false;
+    }
     const bytes = this.#copyOut(count);
     this.#setOutCons((this.#outCons + count) >>> 0);
+    this.#hold(epoch, bytes);
     this.events.notify();
-    this.#counters.bytesOut += count;
-    this.#line.feed(bytes);
-    this.sink.write(bytes);
+    gate.outputHeld(this.name, count);
     return true;
+  }
+
+  /** The output gate in use (default {@link OPEN_GATE}). */
+  get gate(): OutputGate {
+    return this.#gate;
+  }
+
+  /**
+   * Switches the gate; takes effect at the next service(). Held chunks stay
+   * held: when protection ends the engine calls {@link releaseAll}.
+   */
+  setGate(gate: OutputGate): void {
+    this.#gate = gate;
+  }
+
+  /**
+   * Writes to the sink, in order, every held chunk of an epoch up to
+   * `committedEpoch`, drops them and returns the number of bytes written.
+   * Chunk epochs never decrease along the queue, so these are a prefix of
+   * it. A chunk is dropped before the sink is called: a sink that throws
+   * loses that chunk (never repeats it), the later ones stay held.
+   *
+   * The guest may have output waiting in the ring (see {@link stalled}); it
+   * will not ring again for it, so the caller should call service() after.
+   */
+  release(committedEpoch: number): number {
+    checkEpoch(committedEpoch, "committedEpoch");
+    return this.#release(committedEpoch);
+  }
+
+  /**
+   * Writes every held chunk, whatever its epoch: when protection ends, or on
+   * a standby that takes over (the re-issue of its last checkpoint's output).
+   */
+  releaseAll(): number {
+    return this.#release(Number.POSITIVE_INFINITY);
+  }
+
+  /**
+   * On a standby that takes over, right after restore(): writes every held
+   * chunk of the restored checkpoint (the old primary may have written some
+   * already: at least once, in order). Same as {@link releaseAll}.
+   */
+  reissueHeld(): number {
+    return this.releaseAll();
+  }
+
+  /** Held output: total bytes, chunks, and the epoch of the oldest chunk (null if none). */
+  get held(): HeldSummary {
+    return {
+      bytes: this.#heldBytes,
+      count: this.#held.length,
+      oldestEpoch: this.#held[0]?.epoch ?? null,
+    };
+  }
+
+  /** Why the last service() left output in the ring, or null if it did not. */
+  get stalled(): ConsoleStall | null {
+    return this.#stall;
   }
 
   /**
@@ -126,20 +259,31 @@ export class ConsoleBackend implements Device {
     return { outCons: this.#outCons, inProd: this.#inProd };
   }
 
+  /**
+   * Version 2: version 1 plus `held`, the held chunks in order as
+   * `{ epoch, bytes }` with the bytes in base64.
+   */
   save(): DeviceState {
     return {
-      version: 1,
+      version: 2,
       outCons: this.#outCons,
       inProd: this.#inProd,
       counters: { ...this.#counters },
       lastLine: this.#line.last,
       partialLine: this.#line.partial(),
+      held: this.#held.map((chunk) => ({ epoch: chunk.epoch, bytes: encodeBase64(chunk.bytes) })),
     };
   }
 
+  /**
+   * Accepts version 2, and version 1 (before output commit: nothing held).
+   * Held chunks must be non-empty, at most {@link CONSOLE_CHUNK_MAX} bytes,
+   * with non-decreasing epochs, within {@link CONSOLE_HELD_CAP}. The gate is
+   * not part of the state and is left as it is.
+   */
   restore(state: unknown): void {
     const reader = StateReader.of(this.name, state);
-    reader.version(1);
+    const version = reader.versionIn([1, 2]);
     const outCons = reader.u32("outCons");
     const inProd = reader.u32("inProd");
     const c = reader.object("counters");
@@ -151,10 +295,51 @@ export class ConsoleBackend implements Device {
     };
     const lastLine = reader.string("lastLine", STATUS_LINE_MAX);
     const partialLine = reader.string("partialLine", STATUS_LINE_MAX);
+    const held = version === 1 ? [] : readHeld(reader);
     this.#outCons = outCons;
     this.#inProd = inProd;
     this.#counters = counters;
     this.#line.adopt(lastLine, partialLine);
+    this.#held = held;
+    this.#heldBytes = held.reduce((sum, chunk) => sum + chunk.bytes.length, 0);
+    this.#stall = null;
+  }
+
+  /** Appends to the held queue, merging into the last chunk of the same epoch while small. */
+  #hold(epoch: number, bytes: Uint8Array): void {
+    const last = this.#held.at(-1);
+    if (last && last.epoch === epoch && last.bytes.length + bytes.length <= CONSOLE_CHUNK_MAX) {
+      const merged = new Uint8Array(last.bytes.length + bytes.length);
+      merged.set(last.bytes);
+      merged.set(bytes, last.bytes.length);
+      last.bytes = merged;
+    } else {
+      this.#held.push({ epoch, bytes });
+    }
+    this.#heldBytes += bytes.length;
+  }
+
+  #release(committedEpoch: number): number {
+    let taken = 0;
+    let released = 0;
+    try {
+      while (taken < this.#held.length && this.#held[taken].epoch <= committedEpoch) {
+        const chunk = this.#held[taken++];
+        this.#heldBytes -= chunk.bytes.length;
+        released += chunk.bytes.length;
+        this.#emit(chunk.bytes);
+      }
+    } finally {
+      this.#held.splice(0, taken);
+    }
+    return released;
+  }
+
+  /** Hands bytes to the sink (counting them and tracking the last line first). */
+  #emit(bytes: Uint8Array): void {
+    this.#counters.bytesOut += bytes.length;
+    this.#line.feed(bytes);
+    this.sink.write(bytes);
   }
 
   #setOutCons(value: number): void {
@@ -179,6 +364,24 @@ export class ConsoleBackend implements Device {
     this.mem.write(this.#base + XENCONS.in + start, bytes.subarray(0, first));
     if (first < bytes.length) this.mem.write(this.#base + XENCONS.in, bytes.subarray(first));
   }
+}
+
+function readHeld(reader: StateReader): HeldChunk[] {
+  const held: HeldChunk[] = [];
+  let total = 0;
+  for (const [i, chunk] of reader.objects("held", CONSOLE_HELD_CAP.count).entries()) {
+    const epoch = chunk.count("epoch");
+    const bytes = chunk.bytes("bytes", CONSOLE_CHUNK_MAX);
+    if (bytes.length === 0) reader.fail(`held[${i}]: empty chunk`);
+    const previous = held.at(-1)?.epoch ?? 0;
+    if (epoch < previous) reader.fail(`held[${i}]: epoch ${epoch} is before ${previous}`);
+    total += bytes.length;
+    if (total > CONSOLE_HELD_CAP.bytes) {
+      reader.fail(`held output exceeds ${CONSOLE_HELD_CAP.bytes} bytes`);
+    }
+    held.push({ epoch, bytes });
+  }
+  return held;
 }
 
 /** Remembers the last complete line of a byte stream, capped in length. */

@@ -124,9 +124,25 @@ export class BackRing {
 
   /** Copies the request at req_cons out of guest memory and advances req_cons. */
   takeRequest(): Uint8Array {
-    const copy = this.mem.read(this.#slot(this.#reqCons), this.requestSize).slice();
+    const copy = this.peekRequest();
     this.#reqCons = (this.#reqCons + 1) >>> 0;
     return copy;
+  }
+
+  /**
+   * Copies the request at req_cons out of guest memory without taking it,
+   * so the caller can decide whether to take it now. The caller then either
+   * leaves it (req_cons does not move) or calls {@link consumeRequest} and
+   * works from this copy; it must not read the slot again, as the guest may
+   * have changed it meanwhile.
+   */
+  peekRequest(): Uint8Array {
+    return this.mem.read(this.#slot(this.#reqCons), this.requestSize).slice();
+  }
+
+  /** Advances req_cons past the request last returned by {@link peekRequest}. */
+  consumeRequest(): void {
+    this.#reqCons = (this.#reqCons + 1) >>> 0;
   }
 
   /** Writes a response into the slot at rsp_prod_pvt (not yet visible to the guest). */

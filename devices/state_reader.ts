@@ -5,6 +5,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { DeviceStateError } from "./device.ts";
 
 const U32_LIMIT = 2 ** 32;
@@ -100,6 +101,59 @@ export class StateReader {
     return parsed;
   }
 
+  /** One of a fixed set of strings. */
+  oneOf<T extends string>(key: string, values: readonly T[]): T {
+    const value = this.field(key);
+    if (typeof value !== "string" || !(values as readonly string[]).includes(value)) {
+      this.fail(`${this.#name(key)}: expected one of ${values.join(", ")}, got ${describe(value)}`);
+    }
+    return value as T;
+  }
+
+  /** An array of at most `maxLength` objects, each wrapped in a reader. */
+  objects(key: string, maxLength: number): StateReader[] {
+    const value = this.field(key);
+    if (!Array.isArray(value) || value.length > maxLength) {
+      this.fail(
+        `${this.#name(key)}: expected an array of at most ${maxLength} entries, got ${
+          describe(value)
+        }${Array.isArray(value) ? ` of ${value.length}` : ""}`,
+      );
+    }
+    return value.map((item, i) => StateReader.of(this.device, item, `${this.#name(key)}[${i}]`));
+  }
+
+  /**
+   * Bytes carried as canonical base64 (what {@link encodeBase64} writes), at
+   * most `maxBytes` of them. The string's length is checked before decoding.
+   */
+  bytes(key: string, maxBytes: number): Uint8Array {
+    const value = this.field(key);
+    const maxChars = 4 * Math.ceil(maxBytes / 3);
+    if (typeof value !== "string" || value.length > maxChars) {
+      this.fail(
+        `${this.#name(key)}: expected base64 of at most ${maxBytes} bytes, got ${describe(value)}`,
+      );
+    }
+    const bytes = decodeBase64(value);
+    if (bytes === null) this.fail(`${this.#name(key)}: not canonical base64`);
+    if (bytes.length > maxBytes) {
+      this.fail(`${this.#name(key)}: ${bytes.length} bytes, at most ${maxBytes} allowed`);
+    }
+    return bytes;
+  }
+
+  /** Checks the state format version against the versions this build reads; returns it. */
+  versionIn(versions: readonly number[]): number {
+    const value = this.field("version");
+    if (typeof value !== "number" || !versions.includes(value)) {
+      this.fail(
+        `${this.#name("version")}: expected one of ${versions.join(", ")}, got ${describe(value)}`,
+      );
+    }
+    return value;
+  }
+
   /** Checks the state format version. */
   version(expected: number): void {
     const value = this.field("version");
@@ -111,6 +165,25 @@ export class StateReader {
   #name(key: string): string {
     return `${this.path}.${key}`;
   }
+}
+
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Standard base64 (with padding) of `bytes`: the compact JSON form of byte strings in states. */
+export function encodeBase64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+}
+
+/**
+ * Decodes canonical padded base64 into a fresh Uint8Array, or returns null
+ * if `text` is not exactly what {@link encodeBase64} would write (stray
+ * characters, missing padding, non-zero trailing bits).
+ */
+export function decodeBase64(text: string): Uint8Array | null {
+  if (!BASE64.test(text)) return null;
+  const decoded = Buffer.from(text, "base64");
+  if (decoded.toString("base64") !== text) return null;
+  return new Uint8Array(decoded);
 }
 
 /** A short, safe description of an untrusted value for error messages. */

@@ -70,7 +70,8 @@ export const MFD_CLOEXEC = 1;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const MADV_HUGEPAGE = 14;
-export const SIGUSR1 = 10;
+/** The vCPU kick. Not SIGUSR1: Deno (like Node) opens its debugger on SIGUSR1. */
+export const SIGUSR2 = 12;
 
 /** open(2). */
 export function open(path: string, flags: number): number {

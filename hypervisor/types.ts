@@ -31,6 +31,8 @@ export interface BootRegisters {
 export interface VmBackend {
   readonly name: string;
   readonly memory: GuestMemory;
+  /** Fingerprint of the CPU features the guest sees; both sides of a pair must match. */
+  readonly cpuFeatures: string;
   /** Host TSC frequency in kHz. */
   readonly tscKhz: number;
   /** The host TSC now (what the guest's rdtsc returns); vCPU not running. */

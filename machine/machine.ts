@@ -240,6 +240,11 @@ export class Machine {
     if (!this.#frozen) this.#serviceAll();
   }
 
+  /** Lets the backends take what the guest posted (e.g. after held output was released). */
+  service(): void {
+    if (!this.#frozen) this.#serviceAll();
+  }
+
   #serviceAll(): void {
     for (const d of this.devices) d.service();
     // A backend with work left over (its budget ran out) goes again.
@@ -254,15 +259,23 @@ export class Machine {
   /** The vCPU state seen by the last pause() just before it asked. */
   pausedFrom: VcpuStateName | undefined;
 
-  /** Pauses the vCPU and freezes the backends: guest memory stops changing. */
+  #pauseDepth = 0;
+
+  /**
+   * Pauses the vCPU and freezes the backends: guest memory stops changing.
+   * Pauses nest: the guest runs again after as many resume() calls.
+   */
   async pause(): Promise<void> {
+    if (this.#pauseDepth++ > 0) return await this.backend.pause();
     this.#frozen = true;
     this.pausedFrom = this.backend.vcpuState();
     await this.backend.pause();
   }
 
-  /** Undoes pause(). */
+  /** Undoes one pause(). */
   resume(): void {
+    if (this.#pauseDepth === 0) return;
+    if (--this.#pauseDepth > 0) return;
     this.backend.resume();
     this.#frozen = false;
     if (this.#pendingService) {

@@ -128,4 +128,14 @@ export class CheckpointPolicy {
   linkLost(): void {
     this.#inFlight = null;
   }
+
+  /**
+   * The same standby is back holding checkpoint `committed`: number the next
+   * checkpoint right after it (it re-sends what the lost one carried).
+   */
+  rewind(): void {
+    this.#inFlight = null;
+    this.#next = this.#committed + 1;
+    this.#forced = true;
+  }
 }

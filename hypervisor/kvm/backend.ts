@@ -4,7 +4,7 @@
  * @module
  */
 
-import { check, close, EFD_CLOEXEC, libc, SIGUSR1, tgkill } from "../../ffi/libc.ts";
+import { check, close, EFD_CLOEXEC, libc, SIGUSR2, tgkill } from "../../ffi/libc.ts";
 import { CAP, LAYOUT, MSR_IA32_TSC, XCR0_GUEST } from "./abi.ts";
 import { KvmSystem, KvmUnavailableError } from "./system.ts";
 import { KvmVm } from "./vm.ts";
@@ -109,6 +109,11 @@ export class KvmBackend implements VmBackend {
    * not virtualize it). A vCPU ioctl: call it only while the vCPU is not in
    * KVM_RUN (before start, or paused), or it waits for the next exit.
    */
+  /** Fingerprint of the CPU features the guest sees (CPUID and XCR0). */
+  get cpuFeatures(): string {
+    return this.#features;
+  }
+
   readTsc(): bigint {
     return this.vcpu.getMsrs([MSR_IA32_TSC])[0];
   }
@@ -146,7 +151,7 @@ export class KvmBackend implements VmBackend {
   }
 
   async start(): Promise<void> {
-    if (kickListeners++ === 0) Deno.addSignalListener("SIGUSR1", ignoreKick);
+    if (kickListeners++ === 0) Deno.addSignalListener("SIGUSR2", ignoreKick);
     const worker = new Worker(new URL("../../machine/vcpu_worker.ts", import.meta.url), {
       type: "module",
     });
@@ -181,7 +186,7 @@ export class KvmBackend implements VmBackend {
   }
 
   #releaseKick(): void {
-    if (--kickListeners === 0) Deno.removeSignalListener("SIGUSR1", ignoreKick);
+    if (--kickListeners === 0) Deno.removeSignalListener("SIGUSR2", ignoreKick);
   }
 
   /** Sends the pause/stop request and kicks the vCPU out of wherever it is. */
@@ -192,7 +197,7 @@ export class KvmBackend implements VmBackend {
     const state = Atomics.load(ctl, CTL.state);
     if (state === VcpuState.RUNNING) {
       Atomics.add(ctl, CTL.kicks, 1);
-      tgkill(Atomics.load(ctl, CTL.tid), SIGUSR1);
+      tgkill(Atomics.load(ctl, CTL.tid), SIGUSR2);
     }
     Atomics.add(ctl, CTL.wake, 1);
     Atomics.notify(ctl, CTL.wake);
@@ -203,8 +208,10 @@ export class KvmBackend implements VmBackend {
     for (;;) {
       const s = Atomics.load(ctl, CTL.state);
       if (accept.includes(s)) return;
+      // A pending waitAsync does not keep Deno's event loop alive; the
+      // timer does.
       const r = Atomics.waitAsync(ctl, CTL.state, s, 50);
-      if (r.async) await r.value;
+      if (r.async) await raceTimer(r.value, 60);
       // A vCPU that ignored the kick (it was between states) is kicked again.
       if (Atomics.load(ctl, CTL.state) === VcpuState.RUNNING) {
         const req = Atomics.load(ctl, CTL.request);
@@ -250,8 +257,8 @@ export class KvmBackend implements VmBackend {
       const bits = Atomics.exchange(ctl, CTL.doorbells, 0);
       if (bits !== 0) return bits;
       if (this.#interrupted) return 0;
-      const r = Atomics.waitAsync(ctl, CTL.doorbells, 0);
-      if (r.async) await r.value;
+      const r = Atomics.waitAsync(ctl, CTL.doorbells, 0, 1000);
+      if (r.async) await raceTimer(r.value, 1000);
       if (this.#interrupted) return 0;
     }
   }
@@ -331,4 +338,11 @@ function writeSegment(dv: DataView, off: number, s: Segment): void {
   dv.setUint8(off + F.g, s.g);
   dv.setUint8(off + F.avl, 0);
   dv.setUint8(off + F.avl + 1, s.present ? 0 : 1); // unusable
+}
+
+/** Waits for `p` or `ms`, whichever is first, leaving no timer behind. */
+async function raceTimer(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([p, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
 }

@@ -16,8 +16,7 @@
  * @module
  */
 
-import { munmap } from "../../ffi/libc.ts";
-import { mmapShared } from "../../ffi/libc.ts";
+import { mmapShared, munmap } from "../../ffi/libc.ts";
 import { CAP, IOCTL } from "./abi.ts";
 import { ioctlInt } from "./ioctl.ts";
 import type { KvmVm } from "./vm.ts";
@@ -53,9 +52,8 @@ export function enableDirtyRing(vm: KvmVm, entries: number): void {
 export class KvmDirtyRing {
   readonly #bytes: number;
   readonly #pointer: Deno.PointerObject;
-  /** Each entry's flags word, at index 4*i. */
+  /** The ring as 32-bit words: entry i is flags, slot, offset low, offset high at 4*i. */
   readonly #words: Int32Array;
-  readonly #view: DataView;
   /** Free-running index of the next entry to read. */
   #fetch = 0;
   #closed = false;
@@ -66,7 +64,6 @@ export class KvmDirtyRing {
     this.#pointer = mmapShared(vcpuFd, this.#bytes, DIRTY_RING_PAGE_OFFSET * PAGE);
     const buffer = Deno.UnsafePointerView.getArrayBuffer(this.#pointer, this.#bytes);
     this.#words = new Int32Array(buffer);
-    this.#view = new DataView(buffer);
   }
 
   /**
@@ -77,17 +74,17 @@ export class KvmDirtyRing {
    */
   collect(pages: Uint32Array): number {
     const mask = this.entries - 1;
+    const words = this.#words;
     let n = 0;
     while (n < pages.length) {
-      const i = this.#fetch & mask;
-      const flags = Atomics.load(this.#words, i * 4);
-      if ((flags & DIRTY_GFN_FLAG.DIRTY) === 0) break;
-      const at = i * DIRTY_GFN_SIZE + 8;
-      if (this.#view.getUint32(at + 4, true) !== 0) {
-        throw new RangeError(`dirty ring entry ${i} has page offset above 2^32`);
+      const w = (this.#fetch & mask) * 4;
+      // Acquire: the entry's other fields are valid once DIRTY is seen.
+      if ((Atomics.load(words, w) & DIRTY_GFN_FLAG.DIRTY) === 0) break;
+      if (words[w + 3] !== 0) {
+        throw new RangeError(`dirty ring entry ${w / 4} has a page offset above 2^32`);
       }
-      pages[n++] = this.#view.getUint32(at, true);
-      Atomics.store(this.#words, i * 4, DIRTY_GFN_FLAG.RESET);
+      pages[n++] = words[w + 2] >>> 0;
+      Atomics.store(words, w, DIRTY_GFN_FLAG.RESET);
       this.#fetch++;
     }
     return n;
@@ -101,7 +98,10 @@ export class KvmDirtyRing {
     return ioctlInt(vm.fd, IOCTL.RESET_DIRTY_RINGS, "KVM_RESET_DIRTY_RINGS");
   }
 
-  /** collect() then reset(): the pages dirtied since the last harvest. */
+  /**
+   * collect() then reset(): the pages dirtied since the last harvest. If
+   * `pages` fills up, the rest stays in the ring for the next call.
+   */
   harvest(vm: KvmVm, pages: Uint32Array): number {
     const n = this.collect(pages);
     KvmDirtyRing.reset(vm);

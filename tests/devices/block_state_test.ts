@@ -75,7 +75,7 @@ Deno.test("block: restore rejects corrupted states and keeps the current one", a
       ["an array", [good]],
       ["empty", {}],
       ["no version", { ...good, version: undefined }],
-      ["future version", { ...good, version: 2 }],
+      ["future version", { ...good, version: 3 }],
       ["missing reqCons", { ...good, reqCons: undefined }],
       ["string reqCons", { ...good, reqCons: "7" }],
       ["negative reqCons", { ...good, reqCons: -1, rspProdPvt: -1 }],

@@ -1,0 +1,155 @@
+/**
+ * `kemari standby`: follows a primary, keeps a ready copy of its VM, and
+ * takes over when the primary dies; then runs as the primary itself.
+ * @module
+ */
+
+import { parse, parseDuration, parseSize, str, UsageError } from "./common.ts";
+import { parseConsoleSink } from "../devices/console_sink.ts";
+import { createImage } from "../devices/disk.ts";
+import { Standby } from "../replication/standby.ts";
+import { Primary } from "../replication/primary.ts";
+import { readKey } from "./keygen.ts";
+import { transportByName } from "../transport/mod.ts";
+import { controlPath, ControlServer } from "../control/server.ts";
+import { TapBus } from "../taps/bus.ts";
+import { diskMode, nextPort, positiveInt, progressPrinter, serve, syncMode } from "./primary.ts";
+import { report } from "./common.ts";
+
+export const STANDBY_HELP = `Usage: kemari standby --primary HOST:PORT --key FILE [options]
+
+Connects to a primary ('kemari primary --listen HOST:PORT'), receives the
+initial synchronization and every checkpoint, and applies each one only when it
+is complete and verified. When the primary falls silent on every heartbeat path
+for --timeout, it takes over from the last committed checkpoint: held output is
+re-issued and the guest goes on here. From then on it is the primary and
+listens on --listen for a new standby.
+
+Options:
+  --primary HOST:PORT  the primary's replication address        (required)
+  --heartbeat A        a heartbeat path to the primary (repeatable) [default: PORT+1]
+  --key FILE           pre-shared key (kemari keygen)           (required)
+  --listen HOST:PORT   where to accept a standby after a takeover (required)
+  --memory SIZE        guest RAM, as the primary's             [default: 256M]
+  --disk PATH          this side's disk image (replicated) or the shared one
+  --create-disk SIZE   create --disk first (replicated mode)
+  --disk-mode MODE     shared | replicated | none   [default: replicated with --disk]
+  --console SINK       where the guest's console goes after a takeover [default: stdout]
+  --timeout TIME       silence on every path before a takeover  [default: 500ms]
+  --lease-ms N         shared-disk lease time                   [default: 500]
+  --mode MODE, --interval, --max-interval   sync mode once this side is primary
+  --name NAME          VM name                                  [default: vm]
+  --control PATH       control socket path
+  --transport NAME     tcp                                      [default: tcp]
+  -h, --help           this help`;
+
+const OPTIONS = {
+  primary: { type: "string" },
+  heartbeat: { type: "string", multiple: true },
+  key: { type: "string" },
+  listen: { type: "string" },
+  memory: { type: "string" },
+  disk: { type: "string" },
+  "create-disk": { type: "string" },
+  "disk-mode": { type: "string" },
+  console: { type: "string" },
+  timeout: { type: "string" },
+  "lease-ms": { type: "string" },
+  mode: { type: "string" },
+  interval: { type: "string" },
+  "max-interval": { type: "string" },
+  name: { type: "string" },
+  control: { type: "string" },
+  transport: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+export async function standby(argv: string[]): Promise<number> {
+  const { values } = parse(argv, OPTIONS);
+  if (values.help) {
+    console.log(STANDBY_HELP);
+    return 0;
+  }
+  const primaryAddr = str(values.primary);
+  if (!primaryAddr) throw new UsageError("--primary HOST:PORT is required");
+  const listen = str(values.listen);
+  if (!listen) throw new UsageError("--listen HOST:PORT is required (used after a takeover)");
+  const keyPath = str(values.key);
+  if (!keyPath) throw new UsageError("--key FILE is required (see kemari keygen)");
+  const key = readKey(keyPath);
+  const disk = str(values.disk);
+  const create = str(values["create-disk"]);
+  if (create !== undefined) {
+    if (!disk) throw new UsageError("--create-disk needs --disk");
+    createImage(disk, parseSize(create, "--create-disk"), { overwrite: true });
+  }
+  const dmode = diskMode(values["disk-mode"], disk !== undefined);
+  const timeoutMs = parseDuration(str(values.timeout, "500ms"), "--timeout");
+  const leaseMs = positiveInt(values["lease-ms"], "--lease-ms", 500);
+  const name = str(values.name, "vm");
+  const transport = transportByName(str(values.transport, "tcp"));
+  const policy = {
+    mode: syncMode(values.mode),
+    intervalMs: parseDuration(str(values.interval, "25ms"), "--interval"),
+    maxIntervalMs: parseDuration(str(values["max-interval"], "100ms"), "--max-interval"),
+  };
+  let sink;
+  try {
+    sink = parseConsoleSink(str(values.console, "stdout"));
+  } catch (e) {
+    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
+  }
+  const log = (line: string) => console.error(line);
+  const heartbeatMs = Math.max(10, Math.floor(timeoutMs / 5));
+  const s = new Standby({
+    name,
+    primary: primaryAddr,
+    heartbeatPaths: (values.heartbeat as string[] | undefined) ?? [nextPort(primaryAddr)],
+    key,
+    transport,
+    ramBytes: parseSize(str(values.memory, "256M"), "--memory"),
+    diskMode: dmode,
+    disk,
+    console: sink,
+    lease: dmode === "shared" ? { path: `${disk}.lease`, leaseMs } : undefined,
+    heartbeatMs,
+    timeoutMs,
+    log,
+  });
+  const controlAt = str(values.control) ?? controlPath(name);
+  const server = new ControlServer(controlAt, { status: () => s.status() });
+  const stopOn = () => s.stop("stopped by signal");
+  for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, stopOn);
+  let outcome;
+  try {
+    outcome = await s.run();
+  } finally {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.removeSignalListener(sig, stopOn);
+    await server.close();
+  }
+  if (outcome.kind === "stopped") {
+    const byGuest = /the guest stopped \(exit code (\d+)\)/.exec(outcome.reason);
+    report(`standby stopped: ${outcome.reason}`);
+    return byGuest ? Number(byGuest[1]) : 0;
+  }
+  // This side is the primary now.
+  const taps = new TapBus();
+  const p = new Primary(outcome.machine, {
+    name,
+    listen,
+    heartbeatListen: [nextPort(listen)],
+    key,
+    transport,
+    policy,
+    diskMode: dmode,
+    lease: dmode === "shared" ? { path: `${disk}.lease`, leaseMs } : undefined,
+    generation: outcome.generation,
+    heartbeatMs,
+    timeoutMs,
+    verifyEvery: 0,
+    taps,
+    log,
+    progress: progressPrinter(),
+  });
+  return await serve(p, outcome.machine, name, controlAt, taps);
+}
