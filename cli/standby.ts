@@ -142,7 +142,9 @@ export async function standby(argv: string[]): Promise<number> {
     transport,
     policy,
     diskMode: dmode,
-    lease: dmode === "shared" ? { path: `${disk}.lease`, leaseMs } : undefined,
+    lease: dmode === "shared"
+      ? { path: `${disk}.lease`, leaseMs, holder: outcome.lease ?? undefined }
+      : undefined,
     generation: outcome.generation,
     heartbeatMs,
     timeoutMs,

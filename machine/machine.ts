@@ -306,6 +306,15 @@ export class Machine {
     };
   }
 
+  /**
+   * Records pages written into RAM behind the VMM's back (a standby applying
+   * checkpoints), so that a later full sync from this machine sends them.
+   */
+  markTouched(pages: ArrayLike<number>): void {
+    const t = this.touched;
+    for (let i = 0; i < pages.length; i++) t[pages[i] >> 3] |= 1 << (pages[i] & 7);
+  }
+
   /** Harvests dirty pages (hypervisor ∪ VMM) and adds them to `touched`. */
   harvest(): Uint8Array {
     const bitmap = this.backend.harvestDirty();
@@ -340,12 +349,19 @@ export class Machine {
 
   /** Stops the guest and releases everything. */
   async shutdown(): Promise<void> {
-    await this.backend.stop();
-    await this.#loop;
-    this.#closeResources();
+    this.#shutdown ??= (async () => {
+      await this.backend.stop();
+      await this.#loop;
+      this.#closeResources();
+    })();
+    await this.#shutdown;
   }
+  #shutdown: Promise<void> | undefined;
+  #closed = false;
 
   #closeResources(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     this.backend.close();
     this.disk?.close();
     this.events.flushLog();

@@ -48,7 +48,7 @@ export interface PrimaryOptions {
   policy: PolicyOptions;
   diskMode: DiskMode;
   /** Shared-disk fencing. */
-  lease?: { path: string; leaseMs: number };
+  lease?: { path: string; leaseMs: number; holder?: LeaseHolder };
   generation: bigint;
   heartbeatMs: number;
   /** Standby silent this long (all paths): it is lost. */
@@ -245,10 +245,11 @@ export class Primary implements OutputGate {
   }
 
   #startLease(): void {
-    const { path, leaseMs } = this.options.lease!;
-    this.#lease = LeaseHolder.create(path, this.options.name, Number(this.generation), {
-      leaseMs,
-    });
+    const { path, leaseMs, holder } = this.options.lease!;
+    this.#lease = holder ??
+      LeaseHolder.create(path, `${this.options.name}-${Deno.pid}`, Number(this.generation), {
+        leaseMs,
+      });
     this.#leaseTimer = setInterval(() => {
       try {
         this.#lease!.renew();

@@ -13,7 +13,7 @@ import type { ConsoleSink } from "../devices/console_sink.ts";
 import type { Link, Transport } from "../transport/types.ts";
 import { FailureDetector } from "./detector.ts";
 import { HeartbeatLink } from "./heartbeat.ts";
-import { LeaseClaimant } from "./lease.ts";
+import { LeaseClaimant, LeaseHolder } from "./lease.ts";
 import { apply, savedMachineCheck, Stager } from "./staging.ts";
 import {
   decideHandshake,
@@ -51,7 +51,14 @@ type StandbyState = "connecting" | "syncing" | "ready" | "taking-over" | "active
 
 /** The result of a standby's life: it took over (and runs the guest), or it stopped. */
 export type StandbyOutcome =
-  | { kind: "took-over"; machine: Machine; generation: bigint; epoch: number }
+  | {
+    kind: "took-over";
+    machine: Machine;
+    generation: bigint;
+    epoch: number;
+    /** The shared-disk lease it won (shared-disk mode). */
+    lease: LeaseHolder | null;
+  }
   | { kind: "stopped"; reason: string };
 
 const MAX_STAGING = 1024 * 1024 * 1024;
@@ -106,9 +113,13 @@ export class Standby {
   /** Connects (retrying) and follows the primary until a takeover or stop. */
   async run(): Promise<StandbyOutcome> {
     if (this.options.lease) {
-      this.#claimant = new LeaseClaimant(this.options.lease.path, `${this.options.name}-standby`, {
-        leaseMs: this.options.lease.leaseMs,
-      });
+      this.#claimant = new LeaseClaimant(
+        this.options.lease.path,
+        `${this.options.name}-standby-${Deno.pid}`,
+        {
+          leaseMs: this.options.lease.leaseMs,
+        },
+      );
     }
     this.#stager = this.#newStager();
     this.#follow().catch((e) => this.#stop(e instanceof Error ? e.message : String(e)));
@@ -323,6 +334,7 @@ export class Standby {
       if (ev.kind === "error") throw new ProtocolError("sequence", ev.reason);
       if (ev.kind === "precopy") {
         apply(ev, ram.bytes);
+        this.machine.markTouched(ev.pages);
         continue;
       }
       if (ev.kind !== "complete") continue;
@@ -342,6 +354,7 @@ export class Standby {
       if (ev.diskDelta.length > 0) {
         this.machine.block?.applyDiskDelta(decodeDiskDelta(ev.diskDelta));
       }
+      this.machine.markTouched(ev.pages);
       const state = ev.state as SavedMachine & { verify?: { crc: number } };
       if (state.verify) this.#check(state.verify.crc, ev.epoch);
       this.#committed = { epoch: Number(ev.epoch), state };
@@ -374,11 +387,13 @@ export class Standby {
     const committed = this.#committed!;
     this.options.log(`kemari: TAKEOVER: ${why}; resuming from checkpoint ${committed.epoch}`);
     this.#closeLinks();
+    let lease: LeaseHolder | null = null;
     if (this.#claimant) {
       for (;;) {
         const holder = this.#claimant.tryClaim(Number(this.#generation) + 1);
         if (holder) {
           this.#generation = BigInt(holder.generation);
+          lease = holder;
           break;
         }
         if (this.#stopped) return;
@@ -397,6 +412,7 @@ export class Standby {
       machine: this.machine,
       generation: this.#generation,
       epoch: committed.epoch,
+      lease,
     });
   }
 

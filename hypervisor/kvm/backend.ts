@@ -38,7 +38,7 @@ const REQUIRED_CAPS: Array<[number, string]> = [
   [CAP.IOEVENTFD, "KVM_CAP_IOEVENTFD"],
 ];
 
-let kickListeners = 0;
+let kickListener = false;
 const ignoreKick = () => {};
 
 /** A KVM VM with one vCPU. */
@@ -151,7 +151,12 @@ export class KvmBackend implements VmBackend {
   }
 
   async start(): Promise<void> {
-    if (kickListeners++ === 0) Deno.addSignalListener("SIGUSR2", ignoreKick);
+    // Installed once for the life of the process: a kick can still be in
+    // flight after a vCPU stops, and SIGUSR2's default action kills.
+    if (!kickListener) {
+      Deno.addSignalListener("SIGUSR2", ignoreKick);
+      kickListener = true;
+    }
     const worker = new Worker(new URL("../../machine/vcpu_worker.ts", import.meta.url), {
       type: "module",
     });
@@ -182,11 +187,6 @@ export class KvmBackend implements VmBackend {
     };
     worker.postMessage(init);
     await ready;
-    this.stopped.finally(() => this.#releaseKick());
-  }
-
-  #releaseKick(): void {
-    if (--kickListeners === 0) Deno.removeSignalListener("SIGUSR2", ignoreKick);
   }
 
   /** Sends the pause/stop request and kicks the vCPU out of wherever it is. */

@@ -15,10 +15,8 @@ import { haveKvm, readLog, simdFold, tempDir } from "../support/kemari.ts";
 import {
   checkConsoles,
   consoleLines,
-  freePorts,
   kill9,
-  type Proc,
-  spawn,
+  startPair,
   statusOf,
   waitFor,
 } from "../support/pair.ts";
@@ -48,79 +46,16 @@ interface Scenario {
   afterMs?: number;
 }
 
-interface Pair {
-  dir: string;
-  primary: Proc;
-  standby: Proc;
-  primaryConsole: string;
-  standbyConsole: string;
-  standbyDisk: string;
-  standbyListen: string;
-  key: string;
-}
-
-async function startPair(dir: string, sc: Scenario, tag: string): Promise<Pair> {
-  const key = `${dir}/key`;
-  await Deno.writeTextFile(key, "ab".repeat(32) + "\n");
-  const port = freePorts();
-  const sport = freePorts();
-  const primaryDisk = `${dir}/primary-${tag}.img`;
-  const standbyDisk = sc.disk === "shared" ? primaryDisk : `${dir}/standby-${tag}.img`;
-  const primaryConsole = `${dir}/primary-${tag}.txt`;
-  const standbyConsole = `${dir}/standby-${tag}.txt`;
-  const common = ["--key", key, "--memory", "32M", "--disk-mode", sc.disk, "--timeout", "400ms"];
-  const primary = spawn(
-    "primary",
-    [
-      "primary",
-      "--listen",
-      `127.0.0.1:${port}`,
-      "--guest",
-      "logwriter",
-      "--args",
-      `records=${RECORDS} rate=${RATE} dirty=24`,
-      "--disk",
-      primaryDisk,
-      "--create-disk",
-      "2M",
-      "--console",
-      `file:${primaryConsole}`,
-      "--mode",
-      sc.mode,
-      ...common,
-    ],
-    `${dir}/primary-${tag}.sock`,
-    sc.failpoint ? { KEMARI_FAILPOINT: sc.failpoint } : {},
-  );
-  const standby = spawn("standby", [
-    "standby",
-    "--primary",
-    `127.0.0.1:${port}`,
-    "--listen",
-    `127.0.0.1:${sport}`,
-    "--disk",
-    standbyDisk,
-    ...(sc.disk === "replicated" ? ["--create-disk", "2M"] : []),
-    "--console",
-    `file:${standbyConsole}`,
-    ...common,
-  ], `${dir}/standby-${tag}.sock`);
-  return {
-    dir,
-    primary,
-    standby,
-    primaryConsole,
-    standbyConsole,
-    standbyDisk,
-    standbyListen: `127.0.0.1:${sport}`,
-    key,
-  };
-}
-
 /** Runs one kill scenario to the end and checks everything the outside saw. */
 async function killScenario(sc: Scenario, tag: string): Promise<string> {
   await using dir = await tempDir();
-  const pair = await startPair(dir.path, sc, tag);
+  const pair = await startPair(dir.path, {
+    tag,
+    mode: sc.mode,
+    disk: sc.disk,
+    guestArgs: `records=${RECORDS} rate=${RATE} dirty=24`,
+    primaryEnv: sc.failpoint ? { KEMARI_FAILPOINT: sc.failpoint } : {},
+  });
   const { primary, standby } = pair;
   if (sc.failpoint?.startsWith("precopy")) {
     // Dies during the initial sync: nothing is committed, nothing to take over.
@@ -184,7 +119,7 @@ async function killScenario(sc: Scenario, tag: string): Promise<string> {
 }
 
 const CHOSEN: Scenario[] = [
-  { mode: "kemari", disk: "replicated", failpoint: "precopy:2" },
+  { mode: "kemari", disk: "replicated", failpoint: "precopy:1" },
   { mode: "kemari", disk: "replicated", failpoint: "checkpoint-sent-partly:3" },
   { mode: "kemari", disk: "replicated", failpoint: "checkpoint-sent-partly:40" },
   { mode: "kemari", disk: "shared", failpoint: "checkpoint-sent-partly:25" },

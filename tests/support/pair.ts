@@ -139,3 +139,116 @@ export function checkConsoles(first: string[], second: string[], n: number): str
   }
   return `${Math.max(0, first.length - start + 1)} re-issued`;
 }
+
+export interface PairOptions {
+  tag: string;
+  mode?: "kemari" | "remus" | "hybrid";
+  disk?: "replicated" | "shared";
+  guestArgs: string;
+  memory?: string;
+  timeout?: string;
+  primaryEnv?: Record<string, string>;
+  standbyEnv?: Record<string, string>;
+  primaryArgs?: string[];
+  standbyArgs?: string[];
+  /** Where the standby reaches the primary (a proxy), given the primary's port. */
+  via?: (port: number) => { replication?: string; heartbeats?: string[] };
+}
+
+export interface Pair {
+  dir: string;
+  key: string;
+  port: number;
+  primary: Proc;
+  standby: Proc;
+  primaryConsole: string;
+  standbyConsole: string;
+  primaryDisk: string;
+  standbyDisk: string;
+  standbyListen: string;
+  common: string[];
+}
+
+/** Starts a primary running logwriter and a standby following it. */
+export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
+  const key = `${dir}/key`;
+  await Deno.writeTextFile(key, "ab".repeat(32) + "\n");
+  const port = freePorts();
+  const sport = freePorts();
+  const disk = o.disk ?? "replicated";
+  const primaryDisk = `${dir}/primary-${o.tag}.img`;
+  const standbyDisk = disk === "shared" ? primaryDisk : `${dir}/standby-${o.tag}.img`;
+  const primaryConsole = `${dir}/primary-${o.tag}.txt`;
+  const standbyConsole = `${dir}/standby-${o.tag}.txt`;
+  // The images exist before either side opens them (shared mode: both do).
+  for (const path of new Set([primaryDisk, standbyDisk])) {
+    const f = await Deno.create(path);
+    await f.truncate(2 << 20);
+    f.close();
+  }
+  const common = [
+    "--key",
+    key,
+    "--memory",
+    o.memory ?? "32M",
+    "--disk-mode",
+    disk,
+    "--timeout",
+    o.timeout ?? "400ms",
+  ];
+  const primary = spawn(
+    "primary",
+    [
+      "primary",
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--guest",
+      "logwriter",
+      "--args",
+      o.guestArgs,
+      "--disk",
+      primaryDisk,
+      "--console",
+      `file:${primaryConsole}`,
+      "--mode",
+      o.mode ?? "kemari",
+      ...common,
+      ...(o.primaryArgs ?? []),
+    ],
+    `${dir}/primary-${o.tag}.sock`,
+    o.primaryEnv ?? {},
+  );
+  const via = o.via?.(port) ?? {};
+  const standby = spawn(
+    "standby",
+    [
+      "standby",
+      "--primary",
+      via.replication ?? `127.0.0.1:${port}`,
+      ...(via.heartbeats ?? [`127.0.0.1:${port + 1}`]).flatMap((h) => ["--heartbeat", h]),
+      "--listen",
+      `127.0.0.1:${sport}`,
+      "--disk",
+      standbyDisk,
+      "--console",
+      `file:${standbyConsole}`,
+      ...common,
+      ...(o.standbyArgs ?? []),
+    ],
+    `${dir}/standby-${o.tag}.sock`,
+    o.standbyEnv ?? {},
+  );
+  return {
+    dir,
+    key,
+    port,
+    primary,
+    standby,
+    primaryConsole,
+    standbyConsole,
+    primaryDisk,
+    standbyDisk,
+    standbyListen: `127.0.0.1:${sport}`,
+    common,
+  };
+}
