@@ -32,6 +32,7 @@ import {
 } from "./protocol.ts";
 import { crc32 } from "node:zlib";
 import type { Status } from "./status.ts";
+import { Metrics } from "./metrics.ts";
 import type { TapBus } from "../taps/bus.ts";
 import { sendDisk } from "./disk_sync.ts";
 import { failpoint } from "./failpoints.ts";
@@ -92,6 +93,12 @@ export class Primary implements OutputGate {
   #stopping = false;
   #fenced: FencedError | null = null;
   #lastPauseMs: number | null = null;
+  /** Per-stage timings (ms): pause, harvest, copy, state, send, ack, release, output. */
+  readonly metrics = new Metrics();
+  /** When the oldest output still waiting for a checkpoint was held. */
+  #outputSince: number | null = null;
+  #sentAt = 0;
+  #coveredSince: number | null = null;
   #lastCommitAt: number | null = null;
   #checkpoints = 0;
   #sync: Status["syncProgress"] = null;
@@ -115,6 +122,7 @@ export class Primary implements OutputGate {
   }
 
   outputHeld(): void {
+    this.#outputSince ??= performance.now();
     this.#policy.outputHeld();
     this.#wake.notify();
   }
@@ -414,6 +422,7 @@ export class Primary implements OutputGate {
         this.#standbyHeard = performance.now();
         if (m.type === "ACK") {
           if (this.#policy.acknowledged(Number(m.epoch))) {
+            this.metrics.add("ack", performance.now() - this.#sentAt);
             this.#unacked = null;
             this.#lastCommitAt = performance.now();
             this.#wake.notify();
@@ -484,42 +493,38 @@ export class Primary implements OutputGate {
     }
     // Round 0: every page ever written; then what was dirtied meanwhile.
     let bitmap = union(m.touched, m.harvest());
-    let throttle = false;
-    let last = Infinity;
+    let throttle = false, slice = 16;
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const list = dirtyPages(bitmap, pages);
       this.#sync = { round, pagesSent: 0, pagesLeft: list.length };
       if (round > 0 && list.length <= CONVERGED_PAGES) break;
-      if (round >= 3 && list.length > last * 0.8 && !throttle) {
+      // Still more than CONVERGED_PAGES after three rounds: the guest dirties
+      // memory faster than the link carries it.
+      if (round >= 3 && !throttle) {
         throttle = true;
         this.options.log(
           `kemari: the guest dirties memory faster than the link; throttling it to converge`,
         );
       }
-      last = list.length;
+      // Throttled, the guest is paused while a round is sent and then runs a
+      // shrinking slice (8, 4, 2, 1 ms, then none), so the dirty set shrinks
+      // whatever the guest does.
       if (throttle) await m.pause();
       try {
-        for (let i = 0; i < list.length; i += 4096) {
-          const part = list.slice(i, i + 4096);
-          const frames = gatherPages(m.backend.memory.bytes, part, this.#buffers[0]);
-          for (const f of frames) await link.send(f);
-          failpoint("precopy");
-          this.#sync.pagesSent += part.length;
-          this.#sync.pagesLeft -= part.length;
-          this.options.progress?.(
-            `initial sync: round ${round} ${bar(this.#sync.pagesSent, list.length)} (${
-              ((list.length * PAGE_SIZE) / 2 ** 20).toFixed(1)
-            } MiB)`,
-            false,
-          );
-        }
+        await this.#sendRound(link, list, round);
       } finally {
         if (throttle) {
+          slice >>= 1;
           m.resume();
-          await new Promise((r) => setTimeout(r, 5));
+          if (slice > 0) await new Promise((r) => setTimeout(r, slice));
         }
       }
       if (this.#link !== link) return;
+      if (throttle && slice === 0) {
+        // No slice left: the rest goes in the stop-and-copy.
+        bitmap = m.harvest().slice();
+        break;
+      }
       bitmap = m.harvest().slice();
     }
     // Stop-and-copy: checkpoint 1 carries what is left plus all device state.
@@ -527,6 +532,25 @@ export class Primary implements OutputGate {
     this.#policy.force();
     this.#wake.notify();
     this.options.progress?.("initial sync: final stop-and-copy", true);
+  }
+
+  async #sendRound(link: Link, list: number[], round: number): Promise<void> {
+    const m = this.machine;
+    const sync = this.#sync!;
+    for (let i = 0; i < list.length; i += 4096) {
+      const part = list.slice(i, i + 4096);
+      const frames = gatherPages(m.backend.memory.bytes, part, this.#buffers[0]);
+      for (const f of frames) await link.send(f);
+      failpoint("precopy");
+      sync.pagesSent += part.length;
+      sync.pagesLeft -= part.length;
+      this.options.progress?.(
+        `initial sync: round ${round} ${bar(sync.pagesSent, list.length)} (${
+          ((list.length * PAGE_SIZE) / 2 ** 20).toFixed(1)
+        } MiB)`,
+        false,
+      );
+    }
   }
 
   /** Pages dirtied before checkpoint 1 that checkpoint 1 must carry. */
@@ -583,7 +607,9 @@ export class Primary implements OutputGate {
     const m = this.machine;
     const t0 = performance.now();
     await m.pause();
-    let frames;
+    const tPaused = performance.now();
+    this.metrics.add("stop", tPaused - t0);
+    let pageFrames, state, delta;
     try {
       let bitmap = union(
         m.harvest(),
@@ -592,29 +618,39 @@ export class Primary implements OutputGate {
       this.#pendingBitmap = null;
       this.#unacked = bitmap;
       const list = dirtyPages(bitmap, m.backend.memory.pages);
+      const tHarvest = performance.now();
+      this.metrics.add("harvest", tHarvest - tPaused);
+      this.metrics.add("pages", list.length);
       const buffers = this.#buffers[this.#flip ^= 1];
-      const pageFrames = gatherPages(m.backend.memory.bytes, list, buffers, {
+      pageFrames = gatherPages(m.backend.memory.bytes, list, buffers, {
         epoch: BigInt(epoch),
       });
-      const state = m.saveState() as unknown as Record<string, unknown>;
+      const tCopy = performance.now();
+      this.metrics.add("copy", tCopy - tHarvest);
+      state = m.saveState() as unknown as Record<string, unknown>;
+      this.metrics.add("state", performance.now() - tCopy);
       if (this.options.verifyEvery > 0 && epoch % this.options.verifyEvery === 0) {
         state.verify = { crc: crc32(m.backend.memory.bytes) };
       }
-      const delta = this.options.diskMode === "replicated" && m.block
-        ? m.block.takeDiskDelta()
-        : null;
+      delta = this.options.diskMode === "replicated" && m.block ? m.block.takeDiskDelta() : null;
       if (this.state === "syncing") this.state = "protected";
       this.#policy.taken(epoch, performance.now());
-      frames = encodeCheckpoint(
-        BigInt(epoch),
-        pageFrames,
-        state,
-        delta ? encodeDiskDelta(delta) : undefined,
-      );
+      // Outputs held so far are covered by this checkpoint.
+      this.#coveredSince = this.#outputSince;
+      this.#outputSince = null;
     } finally {
       m.resume();
     }
+    // The guest runs again: pages and state are copies, encoding can wait.
     this.#lastPauseMs = performance.now() - t0;
+    this.metrics.add("pause", this.#lastPauseMs);
+    const tSend = performance.now();
+    const frames = encodeCheckpoint(
+      BigInt(epoch),
+      pageFrames,
+      state,
+      delta ? encodeDiskDelta(delta) : undefined,
+    );
     this.#checkpoints++;
     try {
       for (let i = 0; i < frames.length; i++) {
@@ -622,6 +658,8 @@ export class Primary implements OutputGate {
         if (i === frames.length >> 1) failpoint("checkpoint-sent-partly");
       }
       failpoint("checkpoint-sent");
+      this.#sentAt = performance.now();
+      this.metrics.add("send", this.#sentAt - tSend);
     } catch (e) {
       this.#dropStandby(e instanceof Error ? e.message : String(e));
     }
@@ -633,6 +671,7 @@ export class Primary implements OutputGate {
       return;
     }
     const m = this.machine;
+    const tRelease = performance.now();
     failpoint("after-ack");
     await this.#emitTaps(() => {
       m.console.release(epoch);
@@ -641,6 +680,12 @@ export class Primary implements OutputGate {
     });
     failpoint("after-release");
     this.#policy.released(epoch);
+    const now = performance.now();
+    this.metrics.add("release", now - tRelease);
+    if (this.#coveredSince !== null) {
+      this.metrics.add("output", now - this.#coveredSince);
+      this.#coveredSince = null;
+    }
     // Requests left in the rings while output was held go now.
     m.service();
   }
@@ -704,6 +749,7 @@ export class Primary implements OutputGate {
       syncProgress: this.state === "syncing" ? this.#sync : null,
       verify: this.options.verifyEvery > 0 ? { ...this.#verify } : null,
       guest: { vcpu: m.backend.vcpuState(), console: m.console.lastLine },
+      metrics: this.metrics.summary(),
     };
   }
 }

@@ -24,6 +24,8 @@ export interface Status {
   syncProgress: { round: number; pagesSent: number; pagesLeft: number } | null;
   verify: { checked: number; mismatches: number } | null;
   guest: { vcpu: string; console: string };
+  /** Timing summaries in ms (primary): stop, harvest, copy, state, send, ack, release, output, pause. */
+  metrics?: Record<string, { count: number; p50: number; p99: number; max: number }>;
 }
 
 function ms(v: number | null): string {
@@ -55,5 +57,16 @@ export function formatStatus(s: Status): string {
     lines.push(`  verify         ${s.verify.checked} checked, ${s.verify.mismatches} mismatches`);
   }
   lines.push(`  guest          vCPU ${s.guest.vcpu}; console: ${s.guest.console}`);
+  const pause = s.metrics?.pause, output = s.metrics?.output;
+  if (pause) {
+    lines.push(
+      `  pauses         p50 ${pause.p50.toFixed(3)} ms, p99 ${
+        pause.p99.toFixed(3)
+      } ms (${pause.count})`,
+    );
+  }
+  if (output) {
+    lines.push(`  output delay   p50 ${output.p50.toFixed(3)} ms, p99 ${output.p99.toFixed(3)} ms`);
+  }
   return lines.join("\n");
 }

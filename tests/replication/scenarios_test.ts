@@ -337,3 +337,33 @@ Deno.test({
     await pair.standby.status;
   },
 });
+
+Deno.test({
+  name: "scenario: initial sync converges against a guest that dirties memory faster than the link",
+  ...opts,
+  async fn() {
+    await using dir = await tempDir();
+    let slow!: CutProxy;
+    const pair = await startPair(dir.path, {
+      tag: "fast",
+      memory: "128M",
+      disk: "none",
+      guest: "dirtier",
+      guestArgs: "pages=6000",
+      standbyDelayMs: 1000,
+      via: (port) => {
+        slow = new CutProxy(port, 30 * 1024 * 1024);
+        return { replication: slow.address };
+      },
+    });
+    const ready = await waitFor(pair.standby, (s) => s.state === "ready", 60000, "ready");
+    assert.ok(ready.epoch >= 1);
+    await waitFor(pair.primary, (s) => s.state === "protected", 5000, "protected");
+    pair.primary.child.kill("SIGTERM");
+    await pair.primary.status;
+    await pair.standby.status;
+    await slow.close();
+    const log = await pair.primary.stderr;
+    assert.match(log, /dirties memory faster than the link; throttling it to converge/);
+  },
+});

@@ -143,7 +143,8 @@ export function checkConsoles(first: string[], second: string[], n: number): str
 export interface PairOptions {
   tag: string;
   mode?: "kemari" | "remus" | "hybrid";
-  disk?: "replicated" | "shared";
+  disk?: "replicated" | "shared" | "none";
+  guest?: string;
   guestArgs: string;
   memory?: string;
   timeout?: string;
@@ -151,6 +152,8 @@ export interface PairOptions {
   standbyEnv?: Record<string, string>;
   primaryArgs?: string[];
   standbyArgs?: string[];
+  /** Start the standby this long after the primary. */
+  standbyDelayMs?: number;
   /** Where the standby reaches the primary (a proxy), given the primary's port. */
   via?: (port: number) => { replication?: string; heartbeats?: string[] };
 }
@@ -181,7 +184,7 @@ export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
   const primaryConsole = `${dir}/primary-${o.tag}.txt`;
   const standbyConsole = `${dir}/standby-${o.tag}.txt`;
   // The images exist before either side opens them (shared mode: both do).
-  for (const path of new Set([primaryDisk, standbyDisk])) {
+  for (const path of disk === "none" ? [] : new Set([primaryDisk, standbyDisk])) {
     const f = await Deno.create(path);
     await f.truncate(2 << 20);
     f.close();
@@ -203,11 +206,10 @@ export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
       "--listen",
       `127.0.0.1:${port}`,
       "--guest",
-      "logwriter",
+      o.guest ?? "logwriter",
       "--args",
       o.guestArgs,
-      "--disk",
-      primaryDisk,
+      ...(disk === "none" ? [] : ["--disk", primaryDisk]),
       "--console",
       `file:${primaryConsole}`,
       "--mode",
@@ -218,6 +220,7 @@ export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
     `${dir}/primary-${o.tag}.sock`,
     o.primaryEnv ?? {},
   );
+  if (o.standbyDelayMs) await new Promise((r) => setTimeout(r, o.standbyDelayMs));
   const via = o.via?.(port) ?? {};
   const standby = spawn(
     "standby",
@@ -228,8 +231,7 @@ export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
       ...(via.heartbeats ?? [`127.0.0.1:${port + 1}`]).flatMap((h) => ["--heartbeat", h]),
       "--listen",
       `127.0.0.1:${sport}`,
-      "--disk",
-      standbyDisk,
+      ...(disk === "none" ? [] : ["--disk", standbyDisk]),
       "--console",
       `file:${standbyConsole}`,
       ...common,

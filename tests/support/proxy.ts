@@ -12,7 +12,8 @@ export class CutProxy {
   #cutUntil = 0;
   #done: Promise<void>;
 
-  constructor(readonly targetPort: number) {
+  /** @param rateBytesPerSec forward at most this fast (each direction); 0: no limit */
+  constructor(readonly targetPort: number, readonly rateBytesPerSec = 0) {
     this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.port = (this.#listener.addr as Deno.NetAddr).port;
     this.#done = this.#accept();
@@ -54,7 +55,8 @@ export class CutProxy {
         } catch { /* closed */ }
       }
     };
-    await Promise.allSettled([copy(inbound, outbound), copy(outbound, inbound)]);
+    const rate = this.rateBytesPerSec;
+    await Promise.allSettled([copy(inbound, outbound, rate), copy(outbound, inbound, rate)]);
     close();
   }
 
@@ -76,13 +78,21 @@ export class CutProxy {
   }
 }
 
-async function copy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(1 << 20);
+async function copy(from: Deno.Conn, to: Deno.Conn, rate: number): Promise<void> {
+  const buf = new Uint8Array(rate ? 64 * 1024 : 1 << 20);
+  const start = performance.now();
+  let total = 0;
   for (;;) {
     const n = await from.read(buf);
     if (n === null) break;
     let done = 0;
     while (done < n) done += await to.write(buf.subarray(done, n));
+    total += n;
+    if (rate) {
+      const due = start + (total / rate) * 1000;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
   }
   try {
     to.closeWrite();
