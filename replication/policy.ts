@@ -130,6 +130,17 @@ export class CheckpointPolicy {
   }
 
   /**
+   * A returning standby says it committed `epoch`, the checkpoint that was
+   * in flight when the link broke (its ACK was lost): take it as acknowledged.
+   */
+  acknowledgedLate(epoch: number): boolean {
+    if (epoch !== this.#next - 1 || epoch !== this.#committed + 1) return false;
+    this.#inFlight = null;
+    this.#committed = epoch;
+    return true;
+  }
+
+  /**
    * The same standby is back holding checkpoint `committed`: number the next
    * checkpoint right after it (it re-sends what the lost one carried).
    */

@@ -369,9 +369,14 @@ export class Primary implements OutputGate {
     const hello = await this.#handshake(link, "replication");
     if (!hello) return;
     this.#standbyHeard = performance.now();
-    const resume = this.state === "link-down" && hello.committed !== null &&
-      Number(hello.committed.epoch) === this.#policy.committed &&
-      hello.vm.bootId === this.machine.bootId.toString();
+    const theirs = hello.committed === null ? -1 : Number(hello.committed.epoch);
+    const sameVm = hello.vm.bootId === this.machine.bootId.toString();
+    if (this.state === "link-down" && sameVm && this.#policy.acknowledgedLate(theirs)) {
+      // It committed the checkpoint whose ACK the broken link lost.
+      this.#unacked = null;
+      this.#lastCommitAt = performance.now();
+    }
+    const resume = this.state === "link-down" && sameVm && theirs === this.#policy.committed;
     if (!resume && this.state === "link-down") this.#dropStandby("a different standby came", true);
     this.#link = link;
     const receiving = this.#receiveLoop(link);

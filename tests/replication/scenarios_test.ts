@@ -333,8 +333,10 @@ Deno.test({
     const p = await pair.primary.status;
     assert.equal(p.code, 0);
     assert.match(await pair.primary.stderr, /stopped by SIGTERM/);
-    pair.standby.child.kill("SIGINT");
-    await pair.standby.status;
+    // The primary's BYE stops the standby too (it must not take over).
+    const sb2 = await pair.standby.status;
+    assert.equal(sb2.code, 0);
+    assert.doesNotMatch(await pair.standby.stderr, /TAKEOVER/);
   },
 });
 
