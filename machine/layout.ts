@@ -54,6 +54,7 @@ export const BOOT_MAGIC = 0x54424952414d454bn; // "KEMARIBT"
 export const ARGS_OFFSET = 0x400;
 export const ARGS_MAX = 1024;
 export const DISK_READONLY = 1;
+export const NET_PRESENT = 1;
 
 /** Field offsets of struct kemari_boot. */
 export const BOOT = {
@@ -67,6 +68,10 @@ export const BOOT = {
   diskFlags: 48,
   consoleSlots: 52,
   bootId: 56,
+  mac: 64,
+  netFlags: 70,
+  netMtu: 72,
+  reserved0: 76,
 } as const;
 
 /** Field offsets of struct kemari_clock. */

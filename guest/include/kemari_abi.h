@@ -60,6 +60,21 @@
 #define KEMARI_ARGS_MAX 1024u
 
 #define KEMARI_DISK_READONLY 1u
+#define KEMARI_NET_PRESENT 1u
+
+/*
+ * Network device (netif rings, Xen layout; see xen_ring.h): a tx ring at
+ * KEMARI_NET_TX_GPA and an rx ring at KEMARI_NET_RX_GPA, 256 slots each. In
+ * KVM mode every gref is a guest page frame number (GPA >> 12) of a page at
+ * or above KEMARI_GUEST_FREE_GPA. tx: the guest posts netif_tx_request
+ * {gref, offset, flags, id, size} for a whole Ethernet frame in one page
+ * (offset + size <= 4096, no more_data), rings KEMARI_PORT_DB_NET; the VMM
+ * answers netif_tx_response {id, status}. rx: the guest posts
+ * netif_rx_request {id, gref} buffers and rings the doorbell; the VMM fills a
+ * buffer with one frame from offset 0 and answers netif_rx_response {id,
+ * offset 0, flags, status = frame length, or < 0 on error}. Frames are
+ * Ethernet II without FCS, at most net_mtu + 14 bytes.
+ */
 
 #ifndef __ASSEMBLER__
 /* Boot info page, written by the VMM before the first instruction. */
@@ -74,6 +89,10 @@ struct kemari_boot {
   uint32_t disk_flags;     /* 48  KEMARI_DISK_* */
   uint32_t console_slots;  /* 52  reserved, 0 */
   uint64_t boot_id;        /* 56  random per VM, kept across restore */
+  uint8_t mac[6];          /* 64  the guest NIC's MAC (net_flags & KEMARI_NET_PRESENT) */
+  uint16_t net_flags;      /* 70  KEMARI_NET_* */
+  uint32_t net_mtu;        /* 72  largest frame payload (IP packet) the NIC carries */
+  uint32_t reserved0;      /* 76 */
   /* args: NUL-terminated "key=value key=value" at KEMARI_ARGS_OFFSET */
 };
 

@@ -38,6 +38,7 @@ const TOP_MACROS: Readonly<Record<string, string>> = {
   ARGS_OFFSET: "KEMARI_ARGS_OFFSET",
   ARGS_MAX: "KEMARI_ARGS_MAX",
   DISK_READONLY: "KEMARI_DISK_READONLY",
+  NET_PRESENT: "KEMARI_NET_PRESENT",
 };
 
 /** Table entries of layout.ts and their macros. */
@@ -380,6 +381,6 @@ Deno.test("layout: a wrong TS value fails against the real header", async () => 
   deepStrictEqual(gaps.mismatches, [
     "BOOT.magic:size_up_to_flags: TS has 12 (0xc), C (sizeof(((struct kemari_boot *)0)->magic)) has 8",
     "BOOT.flags:bytes_after_last_field: TS has 0, C (sizeof(struct kemari_boot) - " +
-    "offsetof(struct kemari_boot, flags) - sizeof(((struct kemari_boot *)0)->flags)) has 48 (0x30)",
+    "offsetof(struct kemari_boot, flags) - sizeof(((struct kemari_boot *)0)->flags)) has 64 (0x40)",
   ]);
 });
