@@ -57,7 +57,7 @@ import {
   SECTOR_SIZE,
 } from "./blkif.ts";
 import { type BlockLimits, type BlockPlan, type Extent, planRequest } from "./block_plan.ts";
-import type { Device, DeviceState } from "./device.ts";
+import type { Device, DeviceObserver, DeviceState } from "./device.ts";
 import type { DiskImage } from "./disk.ts";
 import {
   type DiskDelta,
@@ -416,13 +416,37 @@ export class BlockBackend implements Device {
    * covers the write is acknowledged). Throws on a host I/O error.
    */
   performWrite(sector: bigint, data: Uint8Array): void {
+    this.onEvent?.({
+      device: "disk",
+      direction: "out",
+      kind: "write",
+      bytes: data.length,
+      sector,
+      data,
+    });
     this.disk.writeAt(Number(sector) * SECTOR_SIZE, data);
   }
 
   /** fdatasync of the image; the only place it is flushed. */
   performFlush(): void {
+    this.onEvent?.({ device: "disk", direction: "out", kind: "flush", bytes: 0 });
     this.disk.flush();
     this.#counters.flushes++;
+  }
+
+  /** Observer of disk events (taps): writes and flushes leaving, reads arriving. */
+  onEvent: DeviceObserver | undefined;
+
+  /** The held writes and flushes that release(committedEpoch) would perform, in order. */
+  releasable(
+    committedEpoch: number,
+  ): Array<{ kind: "write" | "flush"; sector: bigint; data: Uint8Array }> {
+    const out: Array<{ kind: "write" | "flush"; sector: bigint; data: Uint8Array }> = [];
+    for (const h of this.#held) {
+      if (h.epoch > committedEpoch) break;
+      out.push({ kind: h.data.length ? "write" : "flush", sector: h.sector, data: h.data });
+    }
+    return out;
   }
 
   /** A copy of the counters. */
@@ -680,6 +704,7 @@ export class BlockBackend implements Device {
    * sees every write taken before it, performed yet or not.
    */
   #read(sector: bigint, extents: Extent[], bytes: number): void {
+    this.onEvent?.({ device: "disk", direction: "in", kind: "read", bytes, sector });
     let offset = Number(sector) * SECTOR_SIZE;
     for (const extent of extents) {
       this.disk.readAt(offset, this.mem.writable(extent.gpa, extent.length));

@@ -18,7 +18,7 @@
 
 import type { GuestMemory } from "../hypervisor/guest_memory.ts";
 import { GPA } from "../machine/layout.ts";
-import type { Device, DeviceState } from "./device.ts";
+import type { Device, DeviceObserver, DeviceState } from "./device.ts";
 import type { ConsoleSink } from "./console_sink.ts";
 import type { EventPage } from "./events.ts";
 import {
@@ -234,6 +234,15 @@ export class ConsoleBackend implements Device {
       return 0;
     }
     const accepted = Math.min(bytes.length, XENCONS.inSize - used);
+    if (accepted > 0) {
+      this.onEvent?.({
+        device: "console",
+        direction: "in",
+        kind: "bytes",
+        bytes: accepted,
+        data: bytes.subarray(0, accepted),
+      });
+    }
     this.#copyIn(bytes.subarray(0, accepted));
     this.#counters.inputDropped += bytes.length - accepted;
     if (accepted === 0) return 0;
@@ -339,7 +348,27 @@ export class ConsoleBackend implements Device {
   #emit(bytes: Uint8Array): void {
     this.#counters.bytesOut += bytes.length;
     this.#line.feed(bytes);
+    this.onEvent?.({
+      device: "console",
+      direction: "out",
+      kind: "bytes",
+      bytes: bytes.length,
+      data: bytes,
+    });
     this.sink.write(bytes);
+  }
+
+  /** Observer of console events (taps): bytes leaving, input arriving. */
+  onEvent: DeviceObserver | undefined;
+
+  /** The held chunks that release(committedEpoch) would write, in order (copies not made). */
+  releasable(committedEpoch: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const chunk of this.#held) {
+      if (chunk.epoch > committedEpoch) break;
+      out.push(chunk.bytes);
+    }
+    return out;
   }
 
   #setOutCons(value: number): void {

@@ -30,3 +30,18 @@ export interface Device {
   /** Validates `state` as untrusted input, then adopts it. Throws DeviceStateError. */
   restore(state: unknown): void;
 }
+
+/** A device event as taps see it (see taps/types.ts). */
+export interface DeviceEvent {
+  device: "disk" | "net" | "console";
+  direction: "in" | "out";
+  /** "bytes" (console), "write", "flush", "read" (disk), "frame" (net). */
+  kind: string;
+  bytes: number;
+  sector?: bigint;
+  /** The payload (a view: observers copy what they keep). */
+  data?: Uint8Array;
+}
+
+/** Called when a device event happens: output leaving, input arriving. */
+export type DeviceObserver = (event: DeviceEvent) => void;

@@ -34,6 +34,8 @@ import { crc32 } from "node:zlib";
 import type { Status } from "./status.ts";
 import { Metrics } from "./metrics.ts";
 import type { TapBus } from "../taps/bus.ts";
+import type { TapEvent } from "../taps/types.ts";
+import type { DeviceEvent } from "../devices/device.ts";
 import { sendDisk } from "./disk_sync.ts";
 import { failpoint } from "./failpoints.ts";
 import { encodeDiskDelta } from "../devices/disk_delta.ts";
@@ -138,6 +140,8 @@ export class Primary implements OutputGate {
     const m = this.machine;
     m.console.setGate(this);
     m.block?.setGate(this);
+    m.console.onEvent = (e) => this.#observe(e);
+    if (m.block) m.block.onEvent = (e) => this.#observe(e);
     if (this.options.diskMode === "replicated") m.block?.setDiskMode("replicated");
     if (this.options.diskMode === "shared") m.block?.setDiskMode("shared");
     if (this.options.lease) this.#startLease();
@@ -678,7 +682,7 @@ export class Primary implements OutputGate {
     const m = this.machine;
     const tRelease = performance.now();
     failpoint("after-ack");
-    await this.#emitTaps(() => {
+    await this.#emitTaps(epoch, () => {
       m.console.release(epoch);
       failpoint("mid-release");
       m.block?.release(epoch);
@@ -703,27 +707,61 @@ export class Primary implements OutputGate {
       this.#fence("the shared-disk lease could not be renewed in time");
       return;
     }
-    await this.#emitTaps(() => {
+    await this.#emitTaps(Infinity, () => {
       m.console.releaseAll();
       m.block?.releaseAll();
     });
     m.service();
   }
 
-  async #emitTaps(release: () => void): Promise<void> {
+  /**
+   * Shows the outputs about to be released to the taps, waits for the holds
+   * they ask for (bounded by the bus timeout), then releases. Events the
+   * devices report while releasing are not shown twice.
+   */
+  async #emitTaps(epoch: number, release: () => void): Promise<void> {
     const taps = this.options.taps;
-    if (taps && taps.wants("console", "out")) {
-      const held = taps.emit({
-        device: "console",
-        direction: "out",
-        kind: "bytes",
-        bytes: this.machine.console.held.bytes,
-        epoch: this.#policy.committed,
-        timeMs: performance.now(),
-      });
-      if (held) await held;
+    const m = this.machine;
+    if (taps) {
+      const holds: Promise<void>[] = [];
+      const timeMs = performance.now();
+      const show = (e: Omit<TapEvent, "epoch" | "timeMs">) => {
+        const h = taps.emit({ ...e, epoch, timeMs });
+        if (h) holds.push(h);
+      };
+      if (taps.wants("console", "out")) {
+        for (const data of m.console.releasable(epoch)) {
+          show({ device: "console", direction: "out", kind: "bytes", bytes: data.length, data });
+        }
+      }
+      if (m.block && taps.wants("disk", "out")) {
+        for (const w of m.block.releasable(epoch)) {
+          show({
+            device: "disk",
+            direction: "out",
+            kind: w.kind,
+            bytes: w.data.length,
+            sector: w.sector,
+            data: w.data,
+          });
+        }
+      }
+      if (holds.length) await Promise.all(holds);
     }
-    release();
+    this.#releasing = true;
+    try {
+      release();
+    } finally {
+      this.#releasing = false;
+    }
+  }
+  #releasing = false;
+
+  /** Device events outside a release (input; output while unprotected): shown, not held. */
+  #observe(e: DeviceEvent): void {
+    const taps = this.options.taps;
+    if (!taps || this.#releasing || !taps.wants(e.device, e.direction)) return;
+    taps.emit({ ...e, epoch: this.#policy.nextEpoch, timeMs: performance.now() });
   }
 
   status(): Status {

@@ -314,8 +314,20 @@ Deno.test({
     await sleep(300);
     const list = await kemari(["tap", "list", ...control]);
     assert.match(list.stdout, /^metrics: disk,net,console both; [1-9]\d* events/m);
+    const trace = `${dir.path}/trace.jsonl`;
+    const attach = await kemari(["tap", "attach", "trace", "--options", `file=${trace}`, ...control]);
+    assert.equal(attach.code, 0, attach.stderr);
+    await sleep(300);
     assert.equal((await kemari(["tap", "detach", "metrics", ...control])).code, 0);
+    assert.equal((await kemari(["tap", "detach", "trace", ...control])).code, 0);
     assert.match((await kemari(["tap", "list", ...control])).stdout, /no taps attached/);
+    const kinds = new Set(
+      (await Deno.readTextFile(trace)).trim().split("\n").map((l) => {
+        const e = JSON.parse(l);
+        return `${e.device}/${e.dir}/${e.kind}`;
+      }),
+    );
+    for (const k of ["console/out/bytes", "disk/out/write"]) assert.ok(kinds.has(k), `no ${k} in the trace`);
 
     const human = await kemari(["status", ...control]);
     assert.match(human.stdout, /vm: primary, protected \(generation 1\)/);
