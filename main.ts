@@ -20,6 +20,7 @@ Commands:
   unprotect   end protection of a running primary
   tap         attach, detach or list tap plug-ins of a running primary
   keygen      write a pre-shared key for the replication link
+  demo        the failover demo on this machine (kill -9 of a primary)
   help        this text
 
 'kemari <command> --help' describes each command.`;
@@ -36,6 +37,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   unprotect: async () => (await import("./cli/unprotect.ts")).unprotect,
   tap: async () => (await import("./cli/tap.ts")).tap,
   keygen: async () => (await import("./cli/keygen.ts")).keygen,
+  demo: async () => (await import("./cli/demo.ts")).demo,
 };
 
 export async function main(argv: string[]): Promise<number> {

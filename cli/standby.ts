@@ -130,7 +130,7 @@ export async function standby(argv: string[]): Promise<number> {
   if (outcome.kind === "stopped") {
     const byGuest = /the guest stopped \(exit code (\d+)\)/.exec(outcome.reason);
     report(`standby stopped: ${outcome.reason}`);
-    return byGuest ? Number(byGuest[1]) : 0;
+    return byGuest ? Number(byGuest[1]) : outcome.failed ? 1 : 0;
   }
   // This side is the primary now.
   const taps = new TapBus();

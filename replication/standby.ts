@@ -10,7 +10,7 @@
 import { Machine } from "../machine/machine.ts";
 import type { SavedMachine } from "../machine/saved_machine.ts";
 import type { ConsoleSink } from "../devices/console_sink.ts";
-import type { Link, Transport } from "../transport/types.ts";
+import { AuthError, type Link, type Transport } from "../transport/types.ts";
 import { FailureDetector } from "./detector.ts";
 import { HeartbeatLink } from "./heartbeat.ts";
 import { LeaseClaimant, LeaseHolder } from "./lease.ts";
@@ -59,7 +59,7 @@ export type StandbyOutcome =
     /** The shared-disk lease it won (shared-disk mode). */
     lease: LeaseHolder | null;
   }
-  | { kind: "stopped"; reason: string };
+  | { kind: "stopped"; reason: string; failed: boolean };
 
 const MAX_STAGING = 1024 * 1024 * 1024;
 
@@ -122,7 +122,7 @@ export class Standby {
       );
     }
     this.#stager = this.#newStager();
-    this.#follow().catch((e) => this.#stop(e instanceof Error ? e.message : String(e)));
+    this.#follow().catch((e) => this.#stop(e instanceof Error ? e.message : String(e), true));
     return await this.outcome;
   }
 
@@ -130,13 +130,13 @@ export class Standby {
     this.#stop(reason);
   }
 
-  #stop(reason: string): void {
+  #stop(reason: string, failed = false): void {
     if (this.#stopped) return;
     this.#stopped = true;
     this.state = "stopped";
     this.#closeLinks();
     this.machine.shutdown().catch(() => {});
-    this.#resolve({ kind: "stopped", reason });
+    this.#resolve({ kind: "stopped", reason, failed });
   }
 
   #closeLinks(): void {
@@ -183,6 +183,8 @@ export class Standby {
         link = await this.#connect("replication", this.options.primary);
       } catch (e) {
         if (e instanceof RefusedError) throw e;
+        // A wrong key does not get better by retrying.
+        if (e instanceof AuthError) throw new RefusedError(e.message);
         if (!announced) {
           this.options.log(`kemari: waiting for the primary at ${this.options.primary}`);
           announced = true;
