@@ -32,6 +32,7 @@ async function protectedRun(
     memory: "256M",
     guestArgs: args,
     timeout: "1s",
+    diskBytes: 256 << 20,
   });
   await waitFor(pair.standby, (s) => s.state === "ready", 30000, "ready");
   const before = (await statusOf(pair.primary))!;
@@ -73,7 +74,7 @@ async function unprotectedRun(dir: string, args: string): Promise<number> {
       "--disk",
       `${dir}/unprotected.img`,
       "--create-disk",
-      "2M",
+      "256M",
       "--console",
       `file:${out}`,
     ],
@@ -86,7 +87,9 @@ async function unprotectedRun(dir: string, args: string): Promise<number> {
   await sleep(RUN_MS);
   const n = countLines(out) - l0;
   const s = (performance.now() - t0) / 1000;
-  child.kill("SIGTERM");
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
   await child.status;
   return n / s;
 }

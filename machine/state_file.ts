@@ -13,7 +13,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import { crc32 } from "node:zlib";
 import type { GuestMemory } from "../hypervisor/guest_memory.ts";
 import { PAGE_SIZE } from "./layout.ts";
@@ -36,32 +35,8 @@ export class StateFileError extends Error {
   }
 }
 
-/** JSON with Uint8Array and bigint values. */
-export function encodeJson(value: unknown): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(value, (_k, v) => {
-    if (typeof v === "bigint") return { $big: v.toString() };
-    if (v instanceof Uint8Array) return { $b64: Buffer.from(v).toString("base64") };
-    return v;
-  }));
-}
-
-/** Inverse of encodeJson; throws on malformed input. */
-export function decodeJson(bytes: Uint8Array): unknown {
-  return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes), (_k, v) => {
-    if (v && typeof v === "object" && !Array.isArray(v)) {
-      const keys = Object.keys(v);
-      if (keys.length === 1 && keys[0] === "$big" && typeof v.$big === "string") {
-        if (!/^-?\d{1,40}$/.test(v.$big)) throw new Error("bad bigint");
-        return BigInt(v.$big);
-      }
-      if (keys.length === 1 && keys[0] === "$b64" && typeof v.$b64 === "string") {
-        if (!/^[A-Za-z0-9+/]*={0,2}$/.test(v.$b64)) throw new Error("bad base64");
-        return new Uint8Array(Buffer.from(v.$b64, "base64"));
-      }
-    }
-    return v;
-  });
-}
+export { decodeJson, encodeJson } from "./plain_json.ts";
+import { decodeJson, encodeJson } from "./plain_json.ts";
 
 /** Streams sections into a file with running checksums. */
 class Writer {

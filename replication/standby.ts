@@ -20,8 +20,10 @@ import {
   decodeMessage,
   type DiskMode,
   encodeMessage,
+  HEADER_BYTES,
   type Hello,
   ProtocolError,
+  readHeader,
 } from "./protocol.ts";
 import { crc32 } from "node:zlib";
 import type { Status } from "./status.ts";
@@ -304,18 +306,27 @@ export class Standby {
   }
 
   async #receive(link: Link): Promise<void> {
-    const ram = this.machine.backend.memory;
     this.#stager ??= this.#newStager();
     for (;;) {
-      const bytes = await link.receive();
-      if (bytes === null) throw new Error("the primary closed the link");
+      const batch = await link.receive();
+      if (batch === null) throw new Error("the primary closed the link");
       this.#detector?.heard("replication", performance.now());
+      for (const bytes of splitMessages(batch)) {
+        if (await this.#handle(link, bytes) === "stop") return;
+      }
+    }
+  }
+
+  /** One protocol message from the primary. */
+  async #handle(link: Link, bytes: Uint8Array): Promise<"stop" | void> {
+    const ram = this.machine.backend.memory;
+    {
       const m = decodeMessage(bytes, { ramPages: ram.pages });
-      if (m.type === "HEARTBEAT" || m.type === "ACK") continue;
+      if (m.type === "HEARTBEAT" || m.type === "ACK") return;
       if (m.type === "BYE") {
         this.options.log(`kemari: the primary ended protection: ${m.reason}`);
         this.#stop(`the primary ended protection (${m.reason})`);
-        return;
+        return "stop";
       }
       if ((m.type === "PRECOPY" || m.type === "DISK") && this.#committed) {
         // A full resync replaces what was committed: no takeover until the
@@ -330,16 +341,16 @@ export class Standby {
       if (m.type === "DISK") {
         this.#diskReceiver ??= new DiskReceiver(this.machine.disk!);
         this.#diskReceiver.accept(m);
-        continue;
+        return;
       }
       const ev = this.#stager.accept(m);
       if (ev.kind === "error") throw new ProtocolError("sequence", ev.reason);
       if (ev.kind === "precopy") {
         apply(ev, ram.bytes);
         this.machine.markTouched(ev.pages);
-        continue;
+        return;
       }
-      if (ev.kind !== "complete") continue;
+      if (ev.kind !== "complete") return;
       const t0 = performance.now();
       if (ev.pages.length > 1) {
         // A standby dying mid-apply (the kill tests) leaves half the pages in.
@@ -451,5 +462,28 @@ export class RefusedError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "RefusedError";
+  }
+}
+
+/**
+ * The protocol messages in one transport message: a small checkpoint travels
+ * as several messages back to back (each with its own header and length).
+ */
+export function* splitMessages(batch: Uint8Array): Generator<Uint8Array> {
+  let off = 0;
+  while (off < batch.length) {
+    if (batch.length - off < HEADER_BYTES) {
+      throw new ProtocolError("length", `${batch.length - off} stray bytes after a message`);
+    }
+    const h = readHeader(batch.subarray(off));
+    const end = off + HEADER_BYTES + h.length;
+    if (end > batch.length) {
+      throw new ProtocolError(
+        "length",
+        `message declares ${h.length} bytes, ${batch.length - off - HEADER_BYTES} left`,
+      );
+    }
+    yield batch.subarray(off, end);
+    off = end;
   }
 }

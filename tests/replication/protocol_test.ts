@@ -604,3 +604,15 @@ function testRam(pages: number, seed: number): Uint8Array {
   new Rng(seed).fill(ram);
   return ram;
 }
+
+Deno.test("a transport message may carry several protocol messages back to back", async () => {
+  const { splitMessages } = await import("../../replication/standby.ts");
+  const a = encodeMessage({ type: "ACK", epoch: 3n });
+  const b = encodeMessage({ type: "BYE", reason: "done" });
+  const both = new Uint8Array(a.length + b.length);
+  both.set(a);
+  both.set(b, a.length);
+  assert.deepEqual([...splitMessages(both)].map((m) => m.length), [a.length, b.length]);
+  assert.throws(() => [...splitMessages(both.subarray(0, both.length - 1))], /declares/);
+  assert.throws(() => [...splitMessages(both.subarray(0, a.length + 5))], /stray bytes/);
+});

@@ -315,7 +315,14 @@ Deno.test({
     const list = await kemari(["tap", "list", ...control]);
     assert.match(list.stdout, /^metrics: disk,net,console both; [1-9]\d* events/m);
     const trace = `${dir.path}/trace.jsonl`;
-    const attach = await kemari(["tap", "attach", "trace", "--options", `file=${trace}`, ...control]);
+    const attach = await kemari([
+      "tap",
+      "attach",
+      "trace",
+      "--options",
+      `file=${trace}`,
+      ...control,
+    ]);
     assert.equal(attach.code, 0, attach.stderr);
     await sleep(300);
     assert.equal((await kemari(["tap", "detach", "metrics", ...control])).code, 0);
@@ -327,7 +334,9 @@ Deno.test({
         return `${e.device}/${e.dir}/${e.kind}`;
       }),
     );
-    for (const k of ["console/out/bytes", "disk/out/write"]) assert.ok(kinds.has(k), `no ${k} in the trace`);
+    for (const k of ["console/out/bytes", "disk/out/write"]) {
+      assert.ok(kinds.has(k), `no ${k} in the trace`);
+    }
 
     const human = await kemari(["status", ...control]);
     assert.match(human.stdout, /vm: primary, protected \(generation 1\)/);

@@ -152,6 +152,8 @@ export interface PairOptions {
   standbyEnv?: Record<string, string>;
   primaryArgs?: string[];
   standbyArgs?: string[];
+  /** Size of each disk image (default 2 MiB). */
+  diskBytes?: number;
   /** Start the standby this long after the primary. */
   standbyDelayMs?: number;
   /** Where the standby reaches the primary (a proxy), given the primary's port. */
@@ -186,7 +188,7 @@ export async function startPair(dir: string, o: PairOptions): Promise<Pair> {
   // The images exist before either side opens them (shared mode: both do).
   for (const path of disk === "none" ? [] : new Set([primaryDisk, standbyDisk])) {
     const f = await Deno.create(path);
-    await f.truncate(2 << 20);
+    await f.truncate(o.diskBytes ?? 2 << 20);
     f.close();
   }
   const common = [
