@@ -1,7 +1,7 @@
 /**
- * Paravirtual device backends: console, block, PV clock and the event page,
- * over Xen's shared-ring ABI in guest RAM, with output commit (held outputs,
- * disk modes and disk deltas) for replication.
+ * Paravirtual device backends: console, block, network (netif + TAP), PV
+ * clock and the event page, over Xen's shared-ring ABI in guest RAM, with
+ * output commit (held outputs, disk modes and disk deltas) for replication.
  * @module
  */
 
@@ -100,3 +100,61 @@ export {
   PvClock,
   scaleTicks,
 } from "./clock.ts";
+export {
+  decodeRxRequest,
+  decodeRxResponse,
+  decodeTxRequest,
+  decodeTxResponse,
+  encodeRxRequest,
+  encodeRxResponse,
+  encodeTxRequest,
+  encodeTxResponse,
+  NETIF,
+  NETIF_RING_SLOTS,
+  NETIF_RSP,
+  NETIF_RX_REQUEST_SIZE,
+  NETIF_RX_RESPONSE_SIZE,
+  NETIF_TX_REQUEST_SIZE,
+  NETIF_TX_RESPONSE_SIZE,
+  type NetifRxRequest,
+  type NetifRxResponse,
+  type NetifTxRequest,
+  type NetifTxResponse,
+  NETRXF,
+  NETTXF,
+} from "./netif.ts";
+export {
+  arpAnnouncements,
+  arpFrame,
+  ETH_HEADER,
+  formatMac,
+  type FrameIo,
+  NET_DEFAULT_MTU,
+  NET_HELD_CAP,
+  NET_MAX_MTU,
+  NET_MIN_MTU,
+  NET_RX_QUEUE_FRAMES,
+  NetBackend,
+  type NetBackendOptions,
+  type NetCounters,
+  type NetStall,
+  parseIpv4,
+  parseMac,
+  rarpAnnouncement,
+  type RxOutcome,
+} from "./net.ts";
+export {
+  decodeIfreqName,
+  encodeIfreq,
+  IFF_NO_PI,
+  IFF_TAP,
+  IFNAMSIZ,
+  IFREQ,
+  TAP_READ_MAX,
+  TapDevice,
+  TapError,
+  tapNameProblem,
+  type TapOpenOptions,
+  TUN_DEVICE,
+  TUNSETIFF,
+} from "./tuntap.ts";

@@ -622,7 +622,7 @@ export class Primary implements OutputGate {
     this.metrics.add("stop", tPaused - t0);
     let pageFrames, state, delta;
     try {
-      let bitmap = union(
+      const bitmap = union(
         m.harvest(),
         this.#unacked ?? this.#pendingBitmap ?? m.touched.subarray(0, 0),
       );

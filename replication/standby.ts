@@ -13,7 +13,7 @@ import type { ConsoleSink } from "../devices/console_sink.ts";
 import { AuthError, type Link, type Transport } from "../transport/types.ts";
 import { FailureDetector } from "./detector.ts";
 import { HeartbeatLink } from "./heartbeat.ts";
-import { LeaseClaimant, LeaseHolder } from "./lease.ts";
+import { LeaseClaimant, type LeaseHolder } from "./lease.ts";
 import { apply, savedMachineCheck, Stager } from "./staging.ts";
 import {
   decideHandshake,

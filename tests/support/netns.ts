@@ -2,8 +2,9 @@
  * Test network topologies in network namespaces, built with iproute2.
  *
  * {@link NetTopology.create} makes four namespaces, `kemari-<tag>-client`,
- * `-primary`, `-standby` and `-net`, where the tag is unique per test run
- * (it embeds the pid, so leftovers of a dead run are recognised and swept):
+ * `-primary`, `-standby` and `-net`, where the tag `<label>-<pid>-<serial>`
+ * is unique per topology (the pid lets leftovers of a dead run be recognised
+ * and swept; the serial has random digits, as test workers share a pid):
  *
  * ```
  *              net: bridge br0 (10.80.X.0/24 LAN, no address of its own)
@@ -27,9 +28,12 @@
  * router solicitations.
  *
  * Cleanup: {@link NetTopology.destroy} kills what still runs inside the
- * namespaces and deletes them; an `unload` handler does the same for every
+ * namespaces (processes the tests started there) and deletes them; handlers
+ * for `unload`, `error` and `unhandledrejection` do the same for every
  * topology still alive when the process ends, and {@link sweepStale}
- * (called by create) deletes the namespaces of runs whose process is gone.
+ * (called by create) deletes the namespaces of runs whose process is gone
+ * (SIGKILL). {@link TestNamespace} is a single namespace with the same
+ * cleanup, e.g. for a lone TAP.
  * @module
  */
 
@@ -183,12 +187,27 @@ export function sweepStale(): number {
   return swept;
 }
 
+function destroyAllSync(): void {
+  for (const owner of [...live]) owner.destroySync();
+}
+
+/**
+ * Cleans up on the way out: at unload (normal end, Deno.exit) and on an
+ * uncaught error or unhandled rejection (which end the process without an
+ * unload). A SIGKILLed run leaves its namespaces to {@link sweepStale}.
+ */
 function installUnload(): void {
   if (unloadInstalled) return;
   unloadInstalled = true;
-  globalThis.addEventListener("unload", () => {
-    for (const owner of [...live]) owner.destroySync();
-  });
+  globalThis.addEventListener("unload", destroyAllSync);
+  globalThis.addEventListener("error", destroyAllSync);
+  globalThis.addEventListener("unhandledrejection", destroyAllSync);
+}
+
+/** A run-unique number for names: a counter and random digits (workers share the pid). */
+function nextSerial(): string {
+  const random = crypto.getRandomValues(new Uint32Array(1))[0] % 1_000_000;
+  return `${++counter}${random.toString().padStart(6, "0")}`;
 }
 
 function checkLabel(label: string): string {
@@ -209,7 +228,7 @@ export class TestNamespace {
   private constructor(readonly name: string) {}
 
   static async create(label = "ns", options: { ipv6?: boolean } = {}): Promise<TestNamespace> {
-    const tag = `${checkLabel(label)}-${Deno.pid}-${++counter}`;
+    const tag = `${checkLabel(label)}-${Deno.pid}-${nextSerial()}`;
     sweepStale();
     installUnload();
     const ns = new TestNamespace(`kemari-${tag}-solo`);
@@ -296,20 +315,15 @@ export class NetTopology {
 
   /** Builds the topology; on any failure deletes what it made and throws. */
   static async create(options: TopologyOptions = {}): Promise<NetTopology> {
-    const label = options.label ?? "t";
-    if (!/^[a-z0-9]{1,16}$/.test(label)) {
-      throw new Error(
-        `topology label ${JSON.stringify(label)}: use 1-16 lower-case letters/digits`,
-      );
-    }
-    const n = ++counter;
-    const subnet = options.subnet ?? ((Deno.pid * 7 + n) % 127) + 1;
+    const label = checkLabel(options.label ?? "t");
+    const serial = nextSerial();
+    const subnet = options.subnet ?? (Number(serial) % 127) + 1;
     if (!Number.isInteger(subnet) || subnet < 1 || subnet > 127) {
       throw new RangeError(`subnet ${subnet} is outside 1..127`);
     }
     sweepStale();
     installUnload();
-    const topology = new NetTopology(`${label}-${Deno.pid}-${n}`, subnet);
+    const topology = new NetTopology(`${label}-${Deno.pid}-${serial}`, subnet);
     live.add(topology);
     try {
       await topology.#build(options.ipv6 ?? false);
