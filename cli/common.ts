@@ -63,3 +63,34 @@ export function str(v: unknown, fallback?: string): string | undefined {
 export function report(message: string): void {
   console.error(`kemari: ${message}`);
 }
+
+/** The --tuntap/--mac/--mtu options as a NetConfig, or undefined without --tuntap. */
+export function netOptions(
+  values: Record<string, unknown>,
+): { tap: string; mac?: string; mtu?: number } | undefined {
+  const tap = str(values.tuntap);
+  const mac = str(values.mac);
+  const mtuText = str(values.mtu);
+  if (!tap) {
+    if (mac || mtuText) throw new UsageError("--mac and --mtu need --tuntap");
+    return undefined;
+  }
+  if (mac && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(mac)) {
+    throw new UsageError(`--mac: "${mac}" is not a MAC address like 52:54:00:12:34:56`);
+  }
+  if (mac && (parseInt(mac.slice(0, 2), 16) & 1) === 1) {
+    throw new UsageError(`--mac: ${mac} is a multicast address`);
+  }
+  const mtu = mtuText === undefined ? undefined : Number(mtuText);
+  if (mtu !== undefined && !Number.isInteger(mtu)) {
+    throw new UsageError(`--mtu: "${mtuText}" is not a number`);
+  }
+  return { tap, mac: mac?.toLowerCase(), mtu };
+}
+
+/** The parseArgs options of the network device. */
+export const NET_OPTIONS = {
+  tuntap: { type: "string" },
+  mac: { type: "string" },
+  mtu: { type: "string" },
+} as const;

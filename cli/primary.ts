@@ -3,7 +3,15 @@
  * @module
  */
 
-import { parse, parseDuration, parseSize, str, UsageError } from "./common.ts";
+import {
+  NET_OPTIONS,
+  netOptions,
+  parse,
+  parseDuration,
+  parseSize,
+  str,
+  UsageError,
+} from "./common.ts";
 import { resolveGuest } from "./guest_image.ts";
 import { parseConsoleSink } from "../devices/console_sink.ts";
 import { createImage } from "../devices/disk.ts";
@@ -35,6 +43,9 @@ Guest (as 'kemari run'):
   --memory SIZE        guest RAM                                [default: 256M]
   --disk PATH          disk image; --create-disk SIZE creates it
   --console SINK       stdout | file:PATH | null                [default: stdout]
+  --tuntap NAME        a network device on this host's TAP device (created if missing)
+  --mac MAC            the guest's MAC                [default: derived from --tuntap]
+  --mtu N              the network device's MTU       [default: 1500]
 Protection:
   --listen HOST:PORT   where the standby connects               (required)
   --heartbeat-listen A extra heartbeat address (repeatable)     [default: PORT+1]
@@ -76,6 +87,7 @@ const OPTIONS = {
   name: { type: "string" },
   control: { type: "string" },
   transport: { type: "string" },
+  ...NET_OPTIONS,
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -153,13 +165,14 @@ export async function primary(argv: string[]): Promise<number> {
   }
   const resumeFrom = str(values.resume);
   const machine = resumeFrom
-    ? await Machine.restore(resumeFrom, { disk, console: sink })
+    ? await Machine.restore(resumeFrom, { disk, console: sink, net: netOptions(values) })
     : await Machine.boot({
       ramBytes: parseSize(str(values.memory, "256M"), "--memory"),
       guest: await resolveGuest(str(values.guest, "logwriter")),
       args: str(values.args, ""),
       disk,
       console: sink,
+      net: netOptions(values),
     });
   const p = new Primary(machine, {
     name,

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { parse, str, UsageError } from "./common.ts";
+import { NET_OPTIONS, netOptions, parse, str, UsageError } from "./common.ts";
 import { parseConsoleSink } from "../devices/console_sink.ts";
 import { Machine } from "../machine/machine.ts";
 import { doorbellMode, saveOptions } from "./run.ts";
@@ -20,6 +20,7 @@ Options:
   --disk PATH          the disk image the VM was saved with
   --console SINK       stdout | file:PATH | null              [default: stdout]
   --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
+  --tuntap NAME        the TAP device for the VM's network device (if it has one)
   --save-at TIME       save again to --state after TIME and stop
   --save-on-doorbell N save to --state at the Nth doorbell (testing aid)
   --state PATH         state file written by --save-at / --save-on-doorbell
@@ -32,6 +33,7 @@ const OPTIONS = {
   "save-at": { type: "string" },
   "save-on-doorbell": { type: "string" },
   state: { type: "string" },
+  ...NET_OPTIONS,
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -52,6 +54,7 @@ export async function resume(argv: string[]): Promise<number> {
     disk: str(values.disk),
     console: sink,
     doorbell: doorbellMode(values.doorbell),
+    net: netOptions(values),
   });
   return await runToCompletion(machine, saveOptions(values));
 }

@@ -3,7 +3,15 @@
  * @module
  */
 
-import { parse, parseDuration, parseSize, str, UsageError } from "./common.ts";
+import {
+  NET_OPTIONS,
+  netOptions,
+  parse,
+  parseDuration,
+  parseSize,
+  str,
+  UsageError,
+} from "./common.ts";
 import { resolveGuest } from "./guest_image.ts";
 import { parseConsoleSink } from "../devices/console_sink.ts";
 import { createImage } from "../devices/disk.ts";
@@ -25,6 +33,9 @@ Options:
   --readonly           attach the disk read-only
   --console SINK       stdout | file:PATH | null              [default: stdout]
   --doorbell MODE      ioeventfd | exit                       [default: ioeventfd]
+  --tuntap NAME        a network device on this host's TAP device (created if missing)
+  --mac MAC            the guest's MAC                [default: derived from --tuntap]
+  --mtu N              the network device's MTU       [default: 1500]
   --save-at TIME       save the VM to --state after TIME (e.g. 300ms) and stop
   --save-on-doorbell N save to --state when the Nth doorbell arrives, before
                        the devices see it (a testing aid: requests in flight)
@@ -46,6 +57,7 @@ const OPTIONS = {
   "save-at": { type: "string" },
   "save-on-doorbell": { type: "string" },
   state: { type: "string" },
+  ...NET_OPTIONS,
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -110,6 +122,7 @@ export async function run(argv: string[]): Promise<number> {
     diskReadOnly: values.readonly === true,
     console: console_,
     doorbell,
+    net: netOptions(values),
   });
   return await runToCompletion(machine, save);
 }

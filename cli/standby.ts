@@ -4,7 +4,15 @@
  * @module
  */
 
-import { parse, parseDuration, parseSize, str, UsageError } from "./common.ts";
+import {
+  NET_OPTIONS,
+  netOptions,
+  parse,
+  parseDuration,
+  parseSize,
+  str,
+  UsageError,
+} from "./common.ts";
 import { parseConsoleSink } from "../devices/console_sink.ts";
 import { createImage } from "../devices/disk.ts";
 import { Standby } from "../replication/standby.ts";
@@ -35,6 +43,8 @@ Options:
   --create-disk SIZE   create --disk first (replicated mode)
   --disk-mode MODE     shared | replicated | none   [default: replicated with --disk]
   --console SINK       where the guest's console goes after a takeover [default: stdout]
+  --tuntap NAME        this host's TAP device for the guest's network device; frames for
+                       the guest are dropped until a takeover, then its MAC is announced
   --timeout TIME       silence on every path before a takeover  [default: 500ms]
   --lease-ms N         shared-disk lease time                   [default: 500]
   --mode MODE, --interval, --max-interval   sync mode once this side is primary
@@ -61,6 +71,7 @@ const OPTIONS = {
   name: { type: "string" },
   control: { type: "string" },
   transport: { type: "string" },
+  ...NET_OPTIONS,
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -111,6 +122,7 @@ export async function standby(argv: string[]): Promise<number> {
     diskMode: dmode,
     disk,
     console: sink,
+    net: netOptions(values),
     lease: dmode === "shared" ? { path: `${disk}.lease`, leaseMs } : undefined,
     heartbeatMs,
     timeoutMs,

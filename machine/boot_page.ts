@@ -12,6 +12,7 @@ import {
   BOOT_MAGIC,
   DISK_READONLY,
   GPA,
+  NET_PRESENT,
 } from "./layout.ts";
 
 export interface BootInfo {
@@ -21,6 +22,8 @@ export interface BootInfo {
   diskReadOnly: boolean;
   bootId: bigint;
   args: string;
+  /** The network device, when the VM has one. */
+  net?: { mac: string; mtu: number };
 }
 
 /** The guest arguments are too long for the boot page. */
@@ -43,6 +46,10 @@ export function writeBootPage(mem: GuestMemory, info: BootInfo): void {
   mem.setU32(b + BOOT.diskFlags, info.diskReadOnly ? DISK_READONLY : 0);
   mem.setU32(b + BOOT.consoleSlots, 0);
   mem.setU64(b + BOOT.bootId, info.bootId);
+  const mac = info.net ? info.net.mac.split(":").map((x) => parseInt(x, 16)) : [0, 0, 0, 0, 0, 0];
+  mem.write(b + BOOT.mac, new Uint8Array(mac));
+  mem.writable(b + BOOT.netFlags, 2).set([info.net ? NET_PRESENT : 0, 0]);
+  mem.setU32(b + BOOT.netMtu, info.net?.mtu ?? 0);
   const args = new TextEncoder().encode(info.args);
   if (args.length >= ARGS_MAX) throw new GuestArgsError(args.length);
   const area = mem.writable(b + ARGS_OFFSET, ARGS_MAX);

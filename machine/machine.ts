@@ -12,6 +12,9 @@ import { ConsoleBackend } from "../devices/console.ts";
 import type { ConsoleSink } from "../devices/console_sink.ts";
 import { BlockBackend } from "../devices/block.ts";
 import { DiskImage } from "../devices/disk.ts";
+import { NetBackend } from "../devices/net.ts";
+import { TapDevice } from "../devices/tuntap.ts";
+import { crc32 } from "node:zlib";
 import { PvClock } from "../devices/clock.ts";
 import type { Device } from "../devices/device.ts";
 import { loadElf } from "./elf.ts";
@@ -33,6 +36,19 @@ export interface MachineConfig {
   diskReadOnly?: boolean;
   console: ConsoleSink;
   doorbell?: VmOptions["doorbell"];
+  /** The network device: a host TAP device (in this network namespace). */
+  net?: NetConfig;
+  /** Standby: the network device drops frames for the guest until takeover. */
+  standby?: boolean;
+}
+
+/** Network device settings. */
+export interface NetConfig {
+  /** Host TAP device name (created if missing, e.g. "tap0" or "kemari%d"). */
+  tap: string;
+  /** The guest's MAC; default: a locally administered one derived from the TAP name. */
+  mac?: string;
+  mtu?: number;
 }
 
 /** The configuration is unusable (RAM size, files). */
@@ -44,7 +60,12 @@ export class MachineConfigError extends Error {
 }
 
 const MiB2 = 2 * 1024 * 1024;
-const DOORBELL_PORTS: Record<number, number> = { 0: PORT.doorbellConsole, 1: PORT.doorbellBlock };
+const DOORBELL_PORTS: Record<number, number> = {
+  0: PORT.doorbellConsole,
+  1: PORT.doorbellBlock,
+  2: PORT.doorbellNet,
+};
+const MIN_MTU = 576;
 
 function checkRam(bytes: number): void {
   if (!Number.isSafeInteger(bytes) || bytes < MIN_RAM_BYTES || bytes > MAX_RAM_BYTES) {
@@ -60,6 +81,7 @@ export class Machine {
   readonly events: EventPage;
   readonly console: ConsoleBackend;
   readonly block: BlockBackend | undefined;
+  net: NetBackend | undefined;
   readonly clock: PvClock;
   readonly devices: Device[];
   /** Pages ever written (guest or VMM), so a save writes only those. */
@@ -79,6 +101,7 @@ export class Machine {
   private constructor(
     readonly backend: VmBackend,
     readonly disk: DiskImage | undefined,
+    tap: TapDevice | undefined,
     readonly config: MachineConfig,
     public bootId: bigint,
     public guestName: string,
@@ -88,23 +111,42 @@ export class Machine {
     this.events = new EventPage(mem, () => backend.wakeGuest());
     this.console = new ConsoleBackend(mem, this.events, config.console);
     this.block = disk ? new BlockBackend(mem, this.events, disk) : undefined;
+    this.net = tap
+      ? new NetBackend(mem, this.events, tap, config.net!.mac ?? macFor(tap.name), {
+        mtu: config.net!.mtu ?? 1500,
+        active: !config.standby,
+      })
+      : undefined;
     this.clock = new PvClock(mem, { tscKhz: backend.tscKhz, readTsc: () => backend.readTsc() });
-    this.devices = [this.console, ...(this.block ? [this.block] : [])];
+    this.devices = [
+      this.console,
+      ...(this.block ? [this.block] : []),
+      ...(this.net ? [this.net] : []),
+    ];
     this.touched = new Uint8Array(Math.ceil(mem.pages / 64) * 8);
   }
 
-  static #open(config: MachineConfig): { backend: VmBackend; disk: DiskImage | undefined } {
+  static #open(
+    config: MachineConfig,
+  ): { backend: VmBackend; disk: DiskImage | undefined; tap: TapDevice | undefined } {
     checkRam(config.ramBytes);
+    const mtu = config.net?.mtu ?? 1500;
+    if (config.net && (!Number.isInteger(mtu) || mtu < MIN_MTU || mtu > 9000)) {
+      throw new MachineConfigError(`MTU ${mtu} is outside ${MIN_MTU}..9000`);
+    }
     const disk = config.disk ? openDisk(config.disk, config.diskReadOnly ?? false) : undefined;
+    let tap: TapDevice | undefined;
     try {
+      if (config.net) tap = TapDevice.open(config.net.tap);
       const backend = KvmBackend.create({
         ramBytes: config.ramBytes,
         doorbell: config.doorbell ?? "ioeventfd",
         doorbellPorts: DOORBELL_PORTS,
       });
-      return { backend, disk };
+      return { backend, disk, tap };
     } catch (e) {
       disk?.close();
+      tap?.close();
       throw e;
     }
   }
@@ -120,9 +162,9 @@ export class Machine {
         `guest image ${config.guest}: ${e instanceof Error ? e.message : e}`,
       );
     }
-    const { backend, disk } = Machine.#open(config);
+    const { backend, disk, tap } = Machine.#open(config);
     const bootId = BigInt.asUintN(64, crypto.getRandomValues(new BigUint64Array(1))[0]);
-    const m = new Machine(backend, disk, config, bootId, config.guest, config.args ?? "");
+    const m = new Machine(backend, disk, tap, config, bootId, config.guest, config.args ?? "");
     try {
       const mem = backend.memory;
       writePageTables(mem);
@@ -135,7 +177,9 @@ export class Machine {
         diskReadOnly: disk?.readOnly ?? false,
         bootId,
         args: m.args,
+        net: m.net ? { mac: m.net.mac, mtu: m.net.mtu } : undefined,
       });
+      m.net?.setIp(guestIp(m.args));
       m.clock.start();
       backend.setBootRegisters({ entry: image.entry, stackTop: mem.size });
       await m.#start();
@@ -151,8 +195,8 @@ export class Machine {
    * standby's ready VM. Fill its memory, then {@link activate} it.
    */
   static prepare(config: MachineConfig): Machine {
-    const { backend, disk } = Machine.#open(config);
-    return new Machine(backend, disk, config, 0n, config.guest ?? "", config.args ?? "");
+    const { backend, disk, tap } = Machine.#open(config);
+    return new Machine(backend, disk, tap, config, 0n, config.guest ?? "", config.args ?? "");
   }
 
   /** Restores a VM saved by {@link saveTo}, in this (possibly another) process. */
@@ -204,16 +248,42 @@ export class Machine {
     this.events.restore(saved.devices.events);
     this.console.restore(saved.devices.console);
     if (this.block) this.block.restore(saved.devices.block);
+    const savedNet = (saved.devices as { net?: unknown }).net ?? null;
+    if (this.net && savedNet === null) {
+      throw new MachineConfigError("the saved VM has no network device");
+    }
+    if (!this.net && savedNet !== null) {
+      throw new MachineConfigError("the saved VM has a network device; give it a --tap");
+    }
+    if (this.net) {
+      // The guest keeps its MAC whatever this host's default would be.
+      const mac = (savedNet as { mac?: unknown }).mac;
+      if (typeof mac === "string" && mac !== this.net.mac) this.#renewNet(mac);
+      this.net.restore(savedNet);
+      this.net.setIp(guestIp(this.args));
+      this.net.setActive(true);
+    }
     this.clock.restore(saved.clock);
     await this.#start();
     this.reissueHeldOutputs();
     this.#serviceAll();
   }
 
+  /** A new (not yet started) network backend on the same TAP, with `mac`. */
+  #renewNet(mac: string): void {
+    const old = this.net!;
+    this.net = new NetBackend(this.backend.memory, this.events, old.tap, mac, {
+      mtu: old.mtu,
+      active: true,
+    });
+    this.devices[this.devices.indexOf(old)] = this.net;
+  }
+
   /** Sends every output the devices still hold (after a takeover). */
   reissueHeldOutputs(): void {
-    const d = [this.console, this.block] as unknown as Array<{ reissueHeld?: () => void }>;
-    for (const dev of d) dev?.reissueHeld?.();
+    this.console.reissueHeld();
+    this.block?.reissueHeld();
+    this.net?.reissueHeld();
   }
 
   async #start(): Promise<void> {
@@ -224,6 +294,7 @@ export class Machine {
       (this.backend as KvmBackend).interruptDoorbell?.();
     });
     this.#loop = this.#doorbellLoop();
+    this.net?.start();
   }
 
   async #doorbellLoop(): Promise<void> {
@@ -248,7 +319,9 @@ export class Machine {
   #serviceAll(): void {
     for (const d of this.devices) d.service();
     // A backend with work left over (its budget ran out) goes again.
-    if (this.block?.needsService) queueMicrotask(() => this.#frozen || this.#serviceAll());
+    if (this.block?.needsService || this.net?.needsService) {
+      queueMicrotask(() => this.#frozen || this.#serviceAll());
+    }
   }
 
   /** Number of doorbells seen so far. */
@@ -268,6 +341,8 @@ export class Machine {
   async pause(): Promise<void> {
     if (this.#pauseDepth++ > 0) return await this.backend.pause();
     this.#frozen = true;
+    // The rx pump writes guest memory outside service(): hold it too.
+    this.net?.freeze();
     this.pausedFrom = this.backend.vcpuState();
     await this.backend.pause();
   }
@@ -278,6 +353,7 @@ export class Machine {
     if (--this.#pauseDepth > 0) return;
     this.backend.resume();
     this.#frozen = false;
+    this.net?.thaw();
     if (this.#pendingService) {
       this.#pendingService = false;
       this.#serviceAll();
@@ -300,6 +376,7 @@ export class Machine {
         events: this.events.save(),
         console: this.console.save(),
         block: this.block ? this.block.save() : null,
+        net: this.net ? this.net.save() : null,
       },
       savedAt: new Date().toISOString(),
       pausedFrom: this.pausedFrom ?? "new",
@@ -352,6 +429,7 @@ export class Machine {
     this.#shutdown ??= (async () => {
       await this.backend.stop();
       await this.#loop;
+      await this.net?.close();
       this.#closeResources();
     })();
     await this.#shutdown;
@@ -364,8 +442,22 @@ export class Machine {
     this.#closed = true;
     this.backend.close();
     this.disk?.close();
+    this.net?.close();
     this.events.flushLog();
   }
+}
+
+/** The guest's IPv4 address from its "ip=A.B.C.D/prefix" argument, or null. */
+export function guestIp(args: string): string | null {
+  const m = /(?:^|\s)ip=(\d{1,3}(?:\.\d{1,3}){3})(?:\/\d{1,2})?(?:\s|$)/.exec(args);
+  return m ? m[1] : null;
+}
+
+/** A stable, locally administered unicast MAC for a TAP name. */
+export function macFor(name: string): string {
+  const h = crc32(new TextEncoder().encode(name));
+  const b = [0x52, 0x54, 0x00, (h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff];
+  return b.map((x) => x.toString(16).padStart(2, "0")).join(":");
 }
 
 function openDisk(path: string, readOnly: boolean): DiskImage {

@@ -17,7 +17,7 @@ export interface SavedMachine {
   disk: { sectors: bigint; readOnly: boolean } | null;
   cpu: unknown;
   clock: unknown;
-  devices: { events: unknown; console: unknown; block: unknown };
+  devices: { events: unknown; console: unknown; block: unknown; net?: unknown };
   savedAt: string;
   /** Where the vCPU was when the pause was asked for (information only). */
   pausedFrom: string;

@@ -142,6 +142,7 @@ export class Primary implements OutputGate {
     const m = this.machine;
     m.console.setGate(this);
     m.block?.setGate(this);
+    m.net?.setGate(this);
     m.console.onEvent = (e) => this.#observe(e);
     if (m.block) m.block.onEvent = (e) => this.#observe(e);
     if (this.options.diskMode === "replicated") m.block?.setDiskMode("replicated");
@@ -184,7 +185,7 @@ export class Primary implements OutputGate {
    */
   async #drain(report: { kind: string }): Promise<void> {
     const deadline = performance.now() + 4 * this.options.timeoutMs;
-    const held = () => this.machine.console.held.count + (this.machine.block?.held.count ?? 0);
+    const held = () => this.#heldCount();
     while (held() > 0 && performance.now() < deadline) {
       if (this.state === "protected") this.#policy.force();
       this.#wake.notify();
@@ -695,6 +696,7 @@ export class Primary implements OutputGate {
       m.console.release(epoch);
       failpoint("mid-release");
       m.block?.release(epoch);
+      m.net?.release(epoch);
     });
     failpoint("after-release");
     this.#policy.released(epoch);
@@ -711,7 +713,7 @@ export class Primary implements OutputGate {
   /** Unprotected: outputs leave at once (shared-disk mode still checks the lease). */
   async #releaseAll(): Promise<void> {
     const m = this.machine;
-    if (m.console.held.count === 0 && (m.block?.held.count ?? 0) === 0) return;
+    if (this.#heldCount() === 0) return;
     if (this.#lease && !this.#lease.valid()) {
       this.#fence("the shared-disk lease could not be renewed in time");
       return;
@@ -719,6 +721,7 @@ export class Primary implements OutputGate {
     await this.#emitTaps(Infinity, () => {
       m.console.releaseAll();
       m.block?.releaseAll();
+      m.net?.releaseAll();
     });
     m.service();
   }
@@ -773,6 +776,11 @@ export class Primary implements OutputGate {
     taps.emit({ ...e, epoch: this.#policy.nextEpoch, timeMs: performance.now() });
   }
 
+  #heldCount(): number {
+    const m = this.machine;
+    return m.console.held.count + (m.block?.held.count ?? 0) + (m.net?.held.count ?? 0);
+  }
+
   status(): Status {
     const m = this.machine;
     const now = performance.now();
@@ -786,8 +794,8 @@ export class Primary implements OutputGate {
       epoch: this.#policy.committed,
       lastPauseMs: this.#lastPauseMs,
       held: {
-        bytes: m.console.held.bytes + (m.block?.held.bytes ?? 0),
-        count: m.console.held.count + (m.block?.held.count ?? 0),
+        bytes: m.console.held.bytes + (m.block?.held.bytes ?? 0) + (m.net?.held.bytes ?? 0),
+        count: this.#heldCount(),
       },
       standbyLagMs: this.#lastCommitAt === null ? null : now - this.#lastCommitAt,
       link: {

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { Machine } from "../machine/machine.ts";
+import { Machine, type NetConfig } from "../machine/machine.ts";
 import type { SavedMachine } from "../machine/saved_machine.ts";
 import type { ConsoleSink } from "../devices/console_sink.ts";
 import { AuthError, type Link, type Transport } from "../transport/types.ts";
@@ -43,6 +43,8 @@ export interface StandbyOptions {
   diskMode: DiskMode;
   disk?: string;
   console: ConsoleSink;
+  /** The network device (a TAP in this host's namespace); inactive until takeover. */
+  net?: NetConfig;
   lease?: { path: string; leaseMs: number };
   heartbeatMs: number;
   timeoutMs: number;
@@ -86,6 +88,8 @@ export class Standby {
       ramBytes: options.ramBytes,
       disk: options.disk,
       console: options.console,
+      net: options.net,
+      standby: true,
     });
     this.outcome = new Promise((r) => (this.#resolve = r));
   }
@@ -417,6 +421,10 @@ export class Standby {
     }
     await this.machine.activate(committed.state);
     this.state = "active";
+    // Take over the guest's MAC and IP on the segment (a bridge learns the
+    // new port from these; a port just up may drop the first ones).
+    const net = this.machine.net;
+    if (net) { for (const ms of [0, 50, 200]) setTimeout(() => net.announce(), ms); }
     this.options.log(
       `kemari: the guest runs here now (generation ${this.#generation}); re-issued held output`,
     );
