@@ -68,7 +68,7 @@ export function hostInfo(): Record<string, string | number> {
   const cpuinfo = Deno.readTextFileSync("/proc/cpuinfo");
   return {
     cpu: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "?",
-    cpus: navigator.hardwareConcurrency,
+    cpus: (cpuinfo.match(/^processor\s*:/gm) ?? []).length,
     kernel: Deno.osRelease(),
     deno: Deno.version.deno,
     allowedCpus: allowedCpus(),

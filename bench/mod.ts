@@ -1,14 +1,21 @@
 /**
  * Runs every kemari benchmark in sequence, each in its own process so one
  * benchmark's VMs, Workers and memory cannot disturb the next:
- * doorbell, pause, dirty, save_restore. Output (tables and BENCH_JSON lines)
+ * doorbell, pause, dirty, save_restore, transport_bulk, replication. Output (tables and BENCH_JSON lines)
  * goes straight to this process's stdout. Exits non-zero if one failed.
  *
  *   deno run -A bench/mod.ts            (deno task bench)
  * @module
  */
 
-const BENCHES = ["doorbell.ts", "pause.ts", "dirty.ts", "save_restore.ts"];
+const BENCHES = [
+  "doorbell.ts",
+  "pause.ts",
+  "dirty.ts",
+  "save_restore.ts",
+  "transport_bulk.ts",
+  "replication.ts",
+];
 
 let failed = 0;
 for (const name of BENCHES) {

@@ -7,7 +7,7 @@
  * Guests: `spin` (busy loop: running), `logwriter rate=10` without a disk
  * (sleeps in HC_WAIT: blocked), and `pingpong` with doorbell=exit and
  * doorbell=ioeventfd (a userspace exit or a wait every few µs: exit/blocked).
- * The kick count is the delta of backend.counters().kicks (tgkill SIGUSR1).
+ * The kick count is the delta of backend.counters().kicks (tgkill of the vCPU thread).
  *
  * The whole measurement runs twice in child processes: unpinned, and with
  * `taskset -c 0` (every thread of the process, main and vCPU Worker, on CPU 0;

@@ -110,11 +110,16 @@ export class GuestMemory {
   takeDirty(bitmap: Uint8Array): void {
     if (!this.#anyDirty) return;
     const src = this.#vmmDirty;
-    for (let i = 0; i < src.length; i++) {
-      if (src[i] !== 0) {
-        bitmap[i] |= src[i];
-        src[i] = 0;
-      }
+    const words = src.length >> 2;
+    const s32 = new Uint32Array(src.buffer, src.byteOffset, words);
+    for (let w = 0; w < words; w++) {
+      if (s32[w] === 0) continue;
+      for (let i = w * 4; i < w * 4 + 4; i++) bitmap[i] |= src[i];
+      s32[w] = 0;
+    }
+    for (let i = words * 4; i < src.length; i++) {
+      bitmap[i] |= src[i];
+      src[i] = 0;
     }
     this.#anyDirty = false;
   }

@@ -309,11 +309,16 @@ export class KvmBackend implements VmBackend {
     if (this.#eventFd >= 0) {
       this.interruptDoorbell();
     }
+    // Memory can be unmapped only when no vCPU thread can touch it: never
+    // started, or stopped (its thread has left KVM_RUN for good).
+    const state = Atomics.load(this.#control, CTL.state);
+    const quiet = !this.#worker || state === VcpuState.STOPPED;
     this.#worker?.terminate();
-    this.vcpu.close();
+    this.vcpu.close(quiet);
     this.vm.close();
     this.system.close();
     if (this.#eventFd >= 0) close(this.#eventFd);
+    if (quiet) this.ram.unmap();
     close(this.ram.memfd);
   }
 }

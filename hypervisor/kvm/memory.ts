@@ -5,7 +5,7 @@
  * @module
  */
 
-import { check, cstring, libc, MFD_CLOEXEC, mmapShared } from "../../ffi/libc.ts";
+import { check, cstring, libc, MFD_CLOEXEC, mmapShared, munmap } from "../../ffi/libc.ts";
 import { GuestMemory } from "../guest_memory.ts";
 import type { KvmVm } from "./vm.ts";
 
@@ -18,11 +18,22 @@ export class KvmRam {
   /** Reused bitmap buffers: one per harvest, never allocated on the hot path. */
   #kvmBitmap: Uint8Array<ArrayBuffer>;
 
+  #mapping: Deno.PointerObject;
+
   private constructor(readonly vm: KvmVm, readonly memfd: number, readonly size: number) {
     const p = mmapShared(memfd, size);
+    this.#mapping = p;
     this.hostAddress = BigInt(Deno.UnsafePointer.value(p));
     this.memory = new GuestMemory(Deno.UnsafePointerView.getArrayBuffer(p, size), size);
     this.#kvmBitmap = new Uint8Array(Math.ceil(this.memory.pages / 64) * 8);
+  }
+
+  /**
+   * Unmaps guest RAM. Every view of it (GuestMemory, Workers' views) is dead
+   * afterwards: call only when nothing touches guest memory any more.
+   */
+  unmap(): void {
+    munmap(this.#mapping, this.size);
   }
 
   /** Creates `size` bytes of zeroed RAM with dirty logging on (every page starts dirty). */

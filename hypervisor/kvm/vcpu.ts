@@ -4,7 +4,7 @@
  * @module
  */
 
-import { close, mmapShared } from "../../ffi/libc.ts";
+import { close, mmapShared, munmap } from "../../ffi/libc.ts";
 import {
   CAP,
   IOCTL,
@@ -26,8 +26,13 @@ export class KvmVcpu {
   readonly run: DataView;
   readonly runBytes: Uint8Array;
 
+  #mapping: Deno.PointerObject;
+  #mapSize: number;
+
   constructor(readonly fd: number, mmapSize: number) {
     const p = mmapShared(fd, mmapSize);
+    this.#mapping = p;
+    this.#mapSize = mmapSize;
     const ab = Deno.UnsafePointerView.getArrayBuffer(p, mmapSize);
     this.run = new DataView(ab);
     this.runBytes = new Uint8Array(ab);
@@ -159,7 +164,9 @@ export class KvmVcpu {
     return ioctlInt(this.fd, IOCTL.GET_TSC_KHZ, "KVM_GET_TSC_KHZ");
   }
 
-  close(): void {
+  /** Closes the fd; with `unmap`, also the kvm_run mapping (no thread may be in KVM_RUN). */
+  close(unmap = false): void {
+    if (unmap) munmap(this.#mapping, this.#mapSize);
     close(this.fd);
   }
 }
