@@ -27,6 +27,7 @@ import {
 } from "./protocol.ts";
 import { crc32 } from "node:zlib";
 import type { Status } from "./status.ts";
+import { Metrics } from "./metrics.ts";
 import { DiskReceiver } from "./disk_sync.ts";
 import { failpoint } from "./failpoints.ts";
 import { decodeDiskDelta } from "../devices/disk_delta.ts";
@@ -82,6 +83,9 @@ export class Standby {
   #applyMs: number | null = null;
   #verify = { checked: 0, mismatches: 0 };
   #diskReceiver: DiskReceiver | null = null;
+  #receivedAt = 0;
+  /** Timings (ms): commit = last message of a checkpoint received → ACK sent. */
+  readonly metrics = new Metrics();
 
   constructor(readonly options: StandbyOptions) {
     this.machine = Machine.prepare({
@@ -314,7 +318,8 @@ export class Standby {
     for (;;) {
       const batch = await link.receive();
       if (batch === null) throw new Error("the primary closed the link");
-      this.#detector?.heard("replication", performance.now());
+      this.#receivedAt = performance.now();
+      this.#detector?.heard("replication", this.#receivedAt);
       for (const bytes of splitMessages(batch)) {
         if (await this.#handle(link, bytes) === "stop") return;
       }
@@ -382,6 +387,7 @@ export class Standby {
         this.options.log(`kemari: standby ready: checkpoint ${ev.epoch} committed`);
       }
       await link.send([encodeMessage({ type: "ACK", epoch: ev.epoch })]);
+      this.metrics.add("commit", performance.now() - this.#receivedAt);
     }
   }
 
@@ -461,6 +467,7 @@ export class Standby {
       syncProgress: null,
       verify: this.#verify.checked ? { ...this.#verify } : null,
       guest: { vcpu: this.machine.backend.vcpuState(), console: this.machine.console.lastLine },
+      metrics: this.metrics.summary(),
     };
   }
 }
