@@ -29,6 +29,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { cpuUsage } from "node:process";
 import { createCipheriv, createHmac, randomFillSync } from "node:crypto";
 import { emitJson, fmt, median, pinPrefix, printHost, printTable, summarize } from "./common.ts";
 import { type Link, TcpTransport } from "../transport/mod.ts";
@@ -63,6 +64,13 @@ async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
   while (off < b.length) off += await conn.write(off === 0 ? b : b.subarray(off));
 }
 
+type CpuUsage = { user: number; system: number };
+/** CPU time (user + system) this process used since `from`, in ms. */
+function cpuSince(from: CpuUsage): number {
+  const now = cpuUsage();
+  return (now.user - from.user + now.system - from.system) / 1e3;
+}
+
 // ---- receiver (subprocess) ----
 async function receiver(mode: Mode): Promise<void> {
   if (mode === "raw") {
@@ -72,32 +80,38 @@ async function receiver(mode: Mode): Promise<void> {
     conn.setNoDelay(true);
     const buf = new Uint8Array(4 << 20);
     let got = 0;
+    let cpu0: CpuUsage | null = null;
     while (got < COUNT * MSG) {
       const n = await conn.read(buf);
       if (n === null) throw new Error(`raw: stream ended after ${got} bytes`);
+      cpu0 ??= cpuUsage();
       got += n;
     }
+    const cpuMs = cpuSince(cpu0!);
     await writeAll(conn, new Uint8Array([1]));
     await conn.read(buf); // wait for the sender to hang up
     conn.close();
     l.close();
-    emitJson({ role: "recv", mode, bytes: got });
+    emitJson({ role: "recv", mode, bytes: got, cpuMs });
     return;
   }
   const listener = new TcpTransport().listen("127.0.0.1:0", linkOptions(mode));
   console.log(`PORT ${listener.address.split(":").at(-1)}`);
   const link = (await listener[Symbol.asyncIterator]().next()).value as Link;
   let got = 0;
+  let cpu0: CpuUsage | null = null;
   for (let i = 0; i < COUNT; i++) {
     const m = await link.receive();
     if (m === null || m.length !== MSG) throw new Error(`message ${i}: ${m?.length ?? "end"}`);
+    cpu0 ??= cpuUsage();
     got += m.length;
   }
+  const cpuMs = cpuSince(cpu0!);
   await link.send([new Uint8Array([1])]);
   if ((await link.receive()) !== null) throw new Error("expected the sender's goodbye");
   link.close();
   listener.close();
-  emitJson({ role: "recv", mode, bytes: got });
+  emitJson({ role: "recv", mode, bytes: got, cpuMs });
 }
 
 // ---- sender (subprocess) ----
@@ -105,18 +119,23 @@ async function sender(mode: Mode, port: number): Promise<void> {
   const payload = new Uint8Array(MSG);
   for (let o = 0; o < MSG; o += 65536) randomFillSync(payload.subarray(o, o + 65536));
   let seconds: number;
+  let cpu0: CpuUsage;
+  let cpuMs: number;
   if (mode === "raw") {
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
     conn.setNoDelay(true);
     const ack = new Uint8Array(1);
+    cpu0 = cpuUsage();
     const t0 = performance.now();
     for (let i = 0; i < COUNT; i++) await writeAll(conn, payload);
     if ((await conn.read(ack)) !== 1) throw new Error("raw: no ack");
     seconds = (performance.now() - t0) / 1e3;
+    cpuMs = cpuSince(cpu0);
     conn.close();
   } else {
     const link = await new TcpTransport().connect(`127.0.0.1:${port}`, linkOptions(mode));
     const inflight: Promise<void>[] = [];
+    cpu0 = cpuUsage();
     const t0 = performance.now();
     for (let i = 0; i < COUNT; i++) {
       inflight.push(link.send([payload]));
@@ -126,10 +145,11 @@ async function sender(mode: Mode, port: number): Promise<void> {
     const ack = await link.receive();
     if (!ack || ack[0] !== 1) throw new Error("no ack");
     seconds = (performance.now() - t0) / 1e3;
+    cpuMs = cpuSince(cpu0);
     link.close();
     await (link as unknown as { closed: Promise<void> }).closed;
   }
-  emitJson({ role: "send", mode, seconds, bytes: COUNT * MSG });
+  emitJson({ role: "send", mode, seconds, bytes: COUNT * MSG, cpuMs });
 }
 
 // ---- orchestrator ----
@@ -167,45 +187,59 @@ async function collect(child: Deno.ChildProcess, what: string): Promise<Record<s
   if (!out.success) {
     throw new Error(`${what} failed (${out.code}):\n${new TextDecoder().decode(out.stderr)}`);
   }
+  return lastJsonLine(text, what);
+}
+
+/** One run: throughput, and CPU seconds per GiB each side spent while data flowed. */
+interface Run {
+  gbps: number;
+  sendCpu: number;
+  recvCpu: number;
+}
+
+function lastJsonLine(text: string, what: string): Record<string, unknown> {
   const line = text.split("\n").findLast((l) => l.startsWith("BENCH_JSON "));
   if (!line) throw new Error(`${what}: no result line in:\n${text}`);
   return JSON.parse(line.slice("BENCH_JSON ".length));
 }
 
-async function once(mode: Mode, pin: string): Promise<number> {
+async function once(mode: Mode, pin: string): Promise<Run> {
   const p = PINS[pin];
   const recv = spawn("recv", mode, p.recv);
   const reader = recv.stdout.getReader();
-  let buffered = "";
+  let text = "";
   let port = 0;
   while (!port) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffered += new TextDecoder().decode(value);
-    const m = /PORT (\d+)/.exec(buffered);
+    text += new TextDecoder().decode(value);
+    const m = /PORT (\d+)/.exec(text);
     if (m) port = Number(m[1]);
   }
   if (!port) throw new Error(`receiver (${mode}) printed no port`);
   const send = spawn("send", mode, p.send, port);
-  const [s] = await Promise.all([
+  const [s, r] = await Promise.all([
     collect(send, `sender (${mode})`),
     (async () => {
-      let rest = buffered;
       while (true) {
         const { value, done } = await reader.read();
         if (done) break;
-        rest += new TextDecoder().decode(value);
+        text += new TextDecoder().decode(value);
       }
       const status = await recv.status;
-      if (!status.success) {
-        const err = new TextDecoder().decode(await new Response(recv.stderr).arrayBuffer());
-        throw new Error(`receiver (${mode}) failed:\n${err}`);
-      }
-      await recv.stderr.cancel();
-      if (!rest.includes(`"bytes":${COUNT * MSG}`)) throw new Error(`receiver (${mode}): ${rest}`);
+      const err = new TextDecoder().decode(await new Response(recv.stderr).arrayBuffer());
+      if (!status.success) throw new Error(`receiver (${mode}) failed:\n${err}`);
+      const r = lastJsonLine(text, `receiver (${mode})`);
+      if (r.bytes !== COUNT * MSG) throw new Error(`receiver (${mode}) got ${r.bytes} bytes`);
+      return r;
     })(),
   ]);
-  return (s.bytes as number) / (s.seconds as number) / 1e9;
+  const gib = (s.bytes as number) / 2 ** 30;
+  return {
+    gbps: (s.bytes as number) / (s.seconds as number) / 1e9,
+    sendCpu: (s.cpuMs as number) / 1e3 / gib,
+    recvCpu: (r.cpuMs as number) / 1e3 / gib,
+  };
 }
 
 async function main(): Promise<void> {
@@ -217,9 +251,10 @@ async function main(): Promise<void> {
     } GiB, GB/s`,
   );
   console.log(
-    "# sender and receiver: separate `deno run` subprocesses; sender keeps 2 messages in flight",
+    "# sender and receiver: separate `deno run` subprocesses (not Workers); " +
+      "sender keeps 2 messages in flight; CPU = user+system s per GiB while data flowed",
   );
-  const results: Record<string, Record<Mode, number[]>> = {};
+  const results: Record<string, Record<Mode, Run[]>> = {};
   for (const pin of pins) {
     if (!PINS[pin]) throw new Error(`--pin ${pin}: expected cross, same or none`);
     results[pin] = { raw: [], off: [], on: [] };
@@ -232,22 +267,26 @@ async function main(): Promise<void> {
     off: "kemari tcp, authenticate: false",
     on: "kemari tcp, authenticated",
   };
+  const pick = (rs: Run[], k: keyof Run) => rs.map((r) => r[k]);
   for (const pin of pins) {
     console.log(`\n## pinning: ${PINS[pin].what} (${runs} runs each, modes interleaved)`);
-    const rawMedian = median(results[pin].raw);
+    const rawMedian = median(pick(results[pin].raw, "gbps"));
     printTable(
-      ["mode", "GB/s median", "min–max", "vs raw"],
+      ["mode", "GB/s median", "min–max", "vs raw", "send CPU s/GiB", "recv CPU s/GiB"],
       MODES.map((m) => {
-        const s = summarize(results[pin][m]);
+        const g = summarize(pick(results[pin][m], "gbps"));
         return [
           label[m],
-          fmt(s.p50, 2),
-          `${fmt(s.min, 2)}–${fmt(s.max, 2)}`,
-          `${fmt(s.p50 / rawMedian, 2)}×`,
+          fmt(g.p50, 2),
+          `${fmt(g.min, 2)}–${fmt(g.max, 2)}`,
+          `${fmt(g.p50 / rawMedian, 2)}×`,
+          fmt(median(pick(results[pin][m], "sendCpu")), 2),
+          fmt(median(pick(results[pin][m], "recvCpu")), 2),
         ];
       }),
     );
   }
+  const round = (x: number) => +x.toFixed(3);
   emitJson({
     bench: "transport_bulk",
     bytes: COUNT * MSG,
@@ -255,20 +294,20 @@ async function main(): Promise<void> {
     runs,
     receiver: "subprocess",
     pinning: Object.fromEntries(pins.map((p) => [p, PINS[p].what])),
-    gbps: Object.fromEntries(
+    results: Object.fromEntries(
       pins.map((p) => [
         p,
-        Object.fromEntries(
-          MODES.map((m) => {
-            const s = summarize(results[p][m]);
-            return [m, {
-              median: +s.p50.toFixed(3),
-              min: +s.min.toFixed(3),
-              max: +s.max.toFixed(3),
-              all: results[p][m].map((x) => +x.toFixed(3)),
-            }];
-          }),
-        ),
+        Object.fromEntries(MODES.map((m) => {
+          const g = summarize(pick(results[p][m], "gbps"));
+          return [m, {
+            gbpsMedian: round(g.p50),
+            gbpsMin: round(g.min),
+            gbpsMax: round(g.max),
+            gbps: pick(results[p][m], "gbps").map(round),
+            sendCpuPerGiB: round(median(pick(results[p][m], "sendCpu"))),
+            recvCpuPerGiB: round(median(pick(results[p][m], "recvCpu"))),
+          }];
+        })),
       ]),
     ),
   });

@@ -5,7 +5,7 @@
  */
 
 import { NET_OPTIONS, netOptions, parse, str, UsageError } from "./common.ts";
-import { parseConsoleSink } from "../devices/console_sink.ts";
+import { consoleSink } from "./protection.ts";
 import { Machine } from "../machine/machine.ts";
 import { doorbellMode, saveOptions } from "./run.ts";
 import { runToCompletion } from "./supervise.ts";
@@ -44,12 +44,7 @@ export async function resume(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError("resume takes exactly one state file");
-  let sink;
-  try {
-    sink = parseConsoleSink(str(values.console, "stdout"));
-  } catch (e) {
-    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
-  }
+  const sink = consoleSink(values);
   const machine = await Machine.restore(positionals[0], {
     disk: str(values.disk),
     console: sink,

@@ -13,7 +13,7 @@ import {
   UsageError,
 } from "./common.ts";
 import { resolveGuest } from "./guest_image.ts";
-import { parseConsoleSink } from "../devices/console_sink.ts";
+import { consoleSink } from "./protection.ts";
 import { createImage } from "../devices/disk.ts";
 import { Machine } from "../machine/machine.ts";
 import { runToCompletion, type SavePlan } from "./supervise.ts";
@@ -25,7 +25,8 @@ unprotected, and shows its console until the guest exits.
 
 Options:
   --guest NAME|PATH    guest program (hello, logwriter, pingpong, spin, crash,
-                       badreq) or an ELF image path          [default: hello]
+                       badreq, dirty, dirtier, netsvc) or an ELF image path
+                                                             [default: hello]
   --args "K=V ..."     arguments passed to the guest
   --memory SIZE        guest RAM, a multiple of 2M            [default: 256M]
   --disk PATH          raw disk image for the PV block device
@@ -107,12 +108,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const doorbell = doorbellMode(values.doorbell);
   const save = saveOptions(values);
-  let console_;
-  try {
-    console_ = parseConsoleSink(str(values.console, "stdout"));
-  } catch (e) {
-    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
-  }
+  const console_ = consoleSink(values);
   const guest = await resolveGuest(str(values.guest, "hello"));
   const machine = await Machine.boot({
     ramBytes,

@@ -4,25 +4,12 @@
  * @module
  */
 
-import {
-  NET_OPTIONS,
-  netOptions,
-  parse,
-  parseDuration,
-  parseSize,
-  str,
-  UsageError,
-} from "./common.ts";
-import { parseConsoleSink } from "../devices/console_sink.ts";
-import { createImage } from "../devices/disk.ts";
+import { NET_OPTIONS, parse, parseSize, report, str, UsageError } from "./common.ts";
 import { Standby } from "../replication/standby.ts";
 import { Primary } from "../replication/primary.ts";
-import { readKey } from "./keygen.ts";
-import { transportByName } from "../transport/mod.ts";
 import { controlPath, ControlServer } from "../control/server.ts";
 import { TapBus } from "../taps/bus.ts";
-import { diskMode, nextPort, positiveInt, progressPrinter, serve, syncMode } from "./primary.ts";
-import { report } from "./common.ts";
+import { nextPort, protectionSettings, serve } from "./protection.ts";
 
 export const STANDBY_HELP = `Usage: kemari standby --primary HOST:PORT --key FILE [options]
 
@@ -85,48 +72,23 @@ export async function standby(argv: string[]): Promise<number> {
   if (!primaryAddr) throw new UsageError("--primary HOST:PORT is required");
   const listen = str(values.listen);
   if (!listen) throw new UsageError("--listen HOST:PORT is required (used after a takeover)");
-  const keyPath = str(values.key);
-  if (!keyPath) throw new UsageError("--key FILE is required (see kemari keygen)");
-  const key = readKey(keyPath);
-  const disk = str(values.disk);
-  const create = str(values["create-disk"]);
-  if (create !== undefined) {
-    if (!disk) throw new UsageError("--create-disk needs --disk");
-    createImage(disk, parseSize(create, "--create-disk"), { overwrite: true });
-  }
-  const dmode = diskMode(values["disk-mode"], disk !== undefined);
-  const timeoutMs = parseDuration(str(values.timeout, "500ms"), "--timeout");
-  const leaseMs = positiveInt(values["lease-ms"], "--lease-ms", 500);
-  const name = str(values.name, "vm");
-  const transport = transportByName(str(values.transport, "tcp"));
-  const policy = {
-    mode: syncMode(values.mode),
-    intervalMs: parseDuration(str(values.interval, "25ms"), "--interval"),
-    maxIntervalMs: parseDuration(str(values["max-interval"], "100ms"), "--max-interval"),
-  };
-  let sink;
-  try {
-    sink = parseConsoleSink(str(values.console, "stdout"));
-  } catch (e) {
-    throw new UsageError(`--console: ${e instanceof Error ? e.message : e}`);
-  }
-  const log = (line: string) => console.error(line);
-  const heartbeatMs = Math.max(10, Math.floor(timeoutMs / 5));
+  const c = protectionSettings(values);
+  const { name } = c.engine;
   const s = new Standby({
     name,
     primary: primaryAddr,
     heartbeatPaths: (values.heartbeat as string[] | undefined) ?? [nextPort(primaryAddr)],
-    key,
-    transport,
+    key: c.engine.key,
+    transport: c.engine.transport,
     ramBytes: parseSize(str(values.memory, "256M"), "--memory"),
-    diskMode: dmode,
-    disk,
-    console: sink,
-    net: netOptions(values),
-    lease: dmode === "shared" ? { path: `${disk}.lease`, leaseMs } : undefined,
-    heartbeatMs,
-    timeoutMs,
-    log,
+    diskMode: c.diskMode,
+    disk: c.disk,
+    console: c.sink,
+    net: c.net,
+    lease: c.lease(),
+    heartbeatMs: c.engine.heartbeatMs,
+    timeoutMs: c.engine.timeoutMs,
+    log: c.engine.log,
   });
   const controlAt = str(values.control) ?? controlPath(name);
   const server = new ControlServer(controlAt, { status: () => s.status() });
@@ -147,23 +109,13 @@ export async function standby(argv: string[]): Promise<number> {
   // This side is the primary now.
   const taps = new TapBus();
   const p = new Primary(outcome.machine, {
-    name,
+    ...c.engine,
     listen,
     heartbeatListen: [nextPort(listen)],
-    key,
-    transport,
-    policy,
-    diskMode: dmode,
-    lease: dmode === "shared"
-      ? { path: `${disk}.lease`, leaseMs, holder: outcome.lease ?? undefined }
-      : undefined,
+    lease: c.lease(outcome.lease ?? undefined),
     generation: outcome.generation,
-    heartbeatMs,
-    timeoutMs,
     verifyEvery: 0,
     taps,
-    log,
-    progress: progressPrinter(),
   });
   return await serve(p, outcome.machine, name, controlAt, taps);
 }

@@ -1,6 +1,7 @@
 /**
  * Builds the kemari reference guest: every `guest/programs/<name>.c` is linked
- * with the runtime (`guest/runtime/*.c`, `*.S`) into `guest/build/<name>.elf`.
+ * with the runtime (`guest/runtime/*.c`, `*.S`) into `guest/build/<name>.elf`;
+ * programs that include "net.h" also get the network stack (`guest/net/*.c`).
  *
  * Run it directly (`deno run -A guest/build.ts`) or import it:
  *
@@ -26,6 +27,8 @@ const BUILD_DIR = path.join(GUEST_DIR, "build");
 const INCLUDE_DIR = path.join(GUEST_DIR, "include");
 const RUNTIME_DIR = path.join(GUEST_DIR, "runtime");
 const PROGRAMS_DIR = path.join(GUEST_DIR, "programs");
+/** The network stack: linked into programs that include "net.h". */
+const NET_DIR = path.join(GUEST_DIR, "net");
 const LINK_SCRIPT = path.join(GUEST_DIR, "link.ld");
 const THIS_FILE = fileURLToPath(import.meta.url);
 
@@ -88,6 +91,21 @@ async function listFiles(dir: string, exts: readonly string[]): Promise<string[]
   return out.sort();
 }
 
+/** Like listFiles, but an absent directory has no files. */
+async function listFilesIfAny(dir: string, exts: readonly string[]): Promise<string[]> {
+  try {
+    return await listFiles(dir, exts);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+}
+
+/** A program that includes "net.h" is linked with the network stack (guest/net/*.c). */
+function usesNet(source: string): boolean {
+  return /^\s*#\s*include\s+"net\.h"/m.test(source);
+}
+
 /** mtime in ms, or null when the file does not exist. */
 async function mtimeOf(file: string): Promise<number | null> {
   try {
@@ -147,15 +165,18 @@ export async function buildGuest(): Promise<string> {
   const runtime = await listFiles(RUNTIME_DIR, [".c", ".S"]);
   const headers = await listFiles(INCLUDE_DIR, [".h"]);
   const programs = await listFiles(PROGRAMS_DIR, [".c"]);
+  const netSources = await listFilesIfAny(NET_DIR, [".c"]);
+  const netInputs = [...netSources, ...await listFilesIfAny(NET_DIR, [".h"])];
   const commonTime = await newest([...runtime, ...headers, LINK_SCRIPT, THIS_FILE]);
   await Deno.mkdir(BUILD_DIR, { recursive: true });
 
   const results = await Promise.allSettled(programs.map(async (source) => {
     const name = path.basename(source, ".c");
-    const inputTime = Math.max(commonTime, await newest([source]));
+    const net = usesNet(await Deno.readTextFile(source));
+    const inputTime = Math.max(commonTime, await newest([source, ...(net ? netInputs : [])]));
     const outTime = await mtimeOf(guestPath(name));
     if (outTime !== null && outTime > inputTime) return;
-    await compile(name, source, runtime);
+    await compile(name, source, net ? [...runtime, ...netSources] : runtime);
     console.log(`guest: built ${path.relative(Deno.cwd(), guestPath(name))}`);
   }));
 

@@ -8,6 +8,7 @@
  */
 
 import {
+  AuthError,
   DEFAULT_TIMEOUT_MS,
   type Link,
   LinkError,
@@ -81,9 +82,13 @@ export async function secureConnect(
     work.then((l) => l.close(), () => {});
     (conn as RawConnection | null)?.stream.close();
     const err = e instanceof LinkError ? e : new LinkError(String(e), { cause: e });
-    opts.log?.(
-      `transport: connecting to ${address} (${opts.channel}) failed: ${err.name}: ${err.message}`,
-    );
+    // The caller gets the error; only refusals on security grounds are also logged here
+    // (callers retry unreachable peers, and a line per attempt would flood the log).
+    if (err instanceof AuthError) {
+      opts.log?.(
+        `transport: connecting to ${address} (${opts.channel}) refused: ${err.name}: ${err.message}`,
+      );
+    }
     throw err;
   }
 }

@@ -6,23 +6,12 @@
  */
 
 import assert from "node:assert/strict";
+import { mulberry32 } from "../support/rng.ts";
 import { consoleRecords, haveKvm, kemari, readLog, simdFold, tempDir } from "../support/kemari.ts";
 import { readStateMeta } from "../../machine/state_file.ts";
 
 const ignore = !haveKvm();
 const SEED = Number(Deno.env.get("KEMARI_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-
-/** mulberry32: a small seeded PRNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Chain {
   name: string;
@@ -66,7 +55,7 @@ for (const chain of CHAINS) {
     name: `save/restore across processes: ${chain.name} (seed ${SEED})`,
     ignore,
     async fn() {
-      const random = rng(SEED ^ chain.records);
+      const random = mulberry32(SEED ^ chain.records);
       await using dir = await tempDir();
       const disk = `${dir.path}/disk.img`;
       let out = "";
@@ -115,7 +104,7 @@ Deno.test({
   name: `save/restore across processes: a running (busy-looping) vCPU (seed ${SEED})`,
   ignore,
   async fn() {
-    const random = rng(SEED ^ 0x5151);
+    const random = mulberry32(SEED ^ 0x5151);
     await using dir = await tempDir();
     const states = new Set<string>();
     let out = "";

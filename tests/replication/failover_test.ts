@@ -11,6 +11,7 @@
  */
 
 import assert from "node:assert/strict";
+import { mulberry32 } from "../support/rng.ts";
 import { haveKvm, readLog, simdFold, tempDir } from "../support/kemari.ts";
 import {
   checkConsoles,
@@ -26,17 +27,6 @@ const SEED = Number(Deno.env.get("KEMARI_TEST_SEED") ?? Math.floor(Math.random()
 const RANDOM_KILLS = Number(Deno.env.get("KEMARI_KILLS") ?? 40);
 const RECORDS = 250;
 const RATE = 250;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Scenario {
   mode: "kemari" | "remus" | "hybrid";
@@ -153,7 +143,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const random = rng(SEED);
+    const random = mulberry32(SEED);
     const modes = ["kemari", "remus", "hybrid"] as const;
     for (let i = 0; i < RANDOM_KILLS; i++) {
       const sc: Scenario = {

@@ -100,7 +100,7 @@ Deno.test("tcp: a wrong key is refused on both sides with AuthError and a log li
   const err = await tcp.connect(listener.address, co).catch((e) => e);
   assert.ok(err instanceof AuthError, String(err));
   assert.match(err.message, /bad key or unauthenticated peer/);
-  assert.ok(co.lines.some((l) => /failed: AuthError: bad key/.test(l)));
+  assert.ok(co.lines.some((l) => /refused: AuthError: bad key/.test(l)));
   await waitFor("server refusal", () => so.lines.some((l) => l.includes("refused")));
   assert.match(
     so.lines.find((l) => l.includes("refused"))!,
@@ -157,8 +157,10 @@ Deno.test("tcp: connection refused is one clear line", async () => {
   );
   assert.ok(err instanceof LinkError);
   assert.equal(err.message, `cannot reach standby 127.0.0.1:${port}: connection refused`);
-  const err2 = await tcp.connect(`127.0.0.1:${port}`, options()).catch((e) => e);
+  const quiet = options();
+  const err2 = await tcp.connect(`127.0.0.1:${port}`, quiet).catch((e) => e);
   assert.equal(err2.message, `cannot reach 127.0.0.1:${port}: connection refused`);
+  assert.deepEqual(quiet.lines, [], "callers retry: an unreachable peer is not logged per attempt");
 });
 
 Deno.test("tcp: bad addresses, unknown hosts and ports in use are one-line LinkErrors", async () => {
