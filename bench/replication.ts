@@ -45,7 +45,10 @@ async function protectedRun(
   status.checkpoints -= before.checkpoints;
   pair.primary.child.kill("SIGTERM");
   await pair.primary.status;
+  // The primary's BYE stops the standby; do not wait forever if it got lost.
+  const timer = setTimeout(() => kill9(pair.standby), 5000);
   await pair.standby.status;
+  clearTimeout(timer);
   return { status, records, seconds };
 }
 

@@ -156,9 +156,11 @@ export async function serve(
     ...tapHandlers(taps),
   });
   let signalled: string | undefined;
+  // Only halt the guest here: the primary still commits and releases its
+  // last output and tells the standby (BYE) before everything is closed.
   const onSignal = (sig: string) => () => {
     signalled = sig;
-    machine.shutdown().catch(() => {});
+    machine.halt().catch(() => {});
   };
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);

@@ -424,6 +424,15 @@ export class Machine {
     return this.#report;
   }
 
+  /**
+   * Stops the guest's vCPU but keeps every resource: the replication engine
+   * still takes a last checkpoint of the stopped guest and releases its
+   * output before {@link shutdown}.
+   */
+  async halt(): Promise<void> {
+    await this.backend.stop();
+  }
+
   /** Stops the guest and releases everything. */
   async shutdown(): Promise<void> {
     this.#shutdown ??= (async () => {

@@ -184,6 +184,8 @@ export class Primary implements OutputGate {
    * released, then BYE so the standby stops too instead of taking over.
    */
   async #drain(report: { kind: string }): Promise<void> {
+    // After a switchover the held output is the new primary's to send.
+    if (this.state === "stopped") return;
     const deadline = performance.now() + 4 * this.options.timeoutMs;
     const held = () => this.#heldCount();
     while (held() > 0 && performance.now() < deadline) {
@@ -234,7 +236,7 @@ export class Primary implements OutputGate {
     this.state = "stopped";
     this.#stopping = true;
     this.#wake.notify();
-    setTimeout(() => this.machine.shutdown().catch(() => {}), 50);
+    setTimeout(() => this.machine.halt().catch(() => {}), 50);
     return { generation: generation.toString(), finalEpoch: epoch };
   }
   #switching = false;
@@ -279,7 +281,7 @@ export class Primary implements OutputGate {
     this.#fenced = new FencedError(`fenced: ${why}; stopping before releasing anything more`);
     this.options.log(`kemari: ${this.#fenced.message}`);
     this.#stopping = true;
-    this.machine.shutdown().catch(() => {});
+    this.machine.halt().catch(() => {});
     this.#wake.notify();
   }
 
