@@ -10,11 +10,19 @@ need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/include/linux/kvm.h ] || need+=(linux-libc-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v bridge >/dev/null 2>&1 || need+=(iproute2)
+# Real clients for the network and Redis tests and the demo.
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
+# The RDMA transport's symbol and ABI checks run against the real rdma-core.
+[ -f /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
+[ -f /usr/include/rdma/rdma_cma.h ] || need+=(librdmacm-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if [ ! -e /dev/kvm ]; then
