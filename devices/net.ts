@@ -51,7 +51,7 @@
 
 import type { GuestMemory } from "../hypervisor/guest_memory.ts";
 import { GPA, PAGE_SIZE } from "../machine/layout.ts";
-import type { Device, DeviceState } from "./device.ts";
+import type { Device, DeviceObserver, DeviceState } from "./device.ts";
 import type { EventPage } from "./events.ts";
 import {
   decodeRxRequest,
@@ -480,8 +480,28 @@ export class NetBackend implements Device {
     return this.#needsService;
   }
 
+  /** Observer of network events (taps): frames leaving, frames arriving. */
+  onEvent: DeviceObserver | undefined;
+
+  /** The held frames that release(committedEpoch) would send, in order. */
+  releasable(committedEpoch: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const h of this.#held) {
+      if (h.epoch > committedEpoch) break;
+      out.push(h.frame);
+    }
+    return out;
+  }
+
   /** Writes one frame to the TAP; a failure is counted, not thrown. */
   #send(frame: Uint8Array): boolean {
+    this.onEvent?.({
+      device: "net",
+      direction: "out",
+      kind: "frame",
+      bytes: frame.length,
+      data: frame,
+    });
     try {
       this.tap.write(frame);
       this.#counters.txFrames++;
@@ -597,6 +617,13 @@ export class NetBackend implements Device {
    * with an error. False (frame dropped) when no buffer is posted.
    */
   #deliver(frame: Uint8Array): boolean {
+    this.onEvent?.({
+      device: "net",
+      direction: "in",
+      kind: "frame",
+      bytes: frame.length,
+      data: frame,
+    });
     // Bounded: a guest racing req_prod cannot keep the VMM here.
     for (let tries = 0; tries <= this.rx.nrEnts; tries++) {
       const pending = this.rx.pendingRequests();

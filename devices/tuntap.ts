@@ -239,6 +239,18 @@ export class TapDevice implements FrameIo {
   }
 
   /**
+   * Discards every frame queued on the device now, without waiting, and
+   * returns how many (a standby drops what arrived before its takeover).
+   * Not while a read is pending.
+   */
+  drain(): number {
+    if (this.#reading !== null || this.#closed) return 0;
+    let n = 0;
+    while (this.#readNow() !== null) n++;
+    return n;
+  }
+
+  /**
    * Closes the device: a pending read resolves with null, then both
    * descriptors are closed (a non-persistent TAP interface disappears).
    * Resolves when nothing is left pending. Idempotent.

@@ -256,6 +256,9 @@ export class Machine {
       throw new MachineConfigError("the saved VM has a network device; give it a --tap");
     }
     if (this.net) {
+      // Frames that reached this (standby) TAP before the takeover were
+      // meant for the old primary's guest: never deliver them late.
+      (this.net.tap as { drain?: () => number }).drain?.();
       // The guest keeps its MAC whatever this host's default would be.
       const mac = (savedNet as { mac?: unknown }).mac;
       if (typeof mac === "string" && mac !== this.net.mac) this.#renewNet(mac);

@@ -145,6 +145,7 @@ export class Primary implements OutputGate {
     m.net?.setGate(this);
     m.console.onEvent = (e) => this.#observe(e);
     if (m.block) m.block.onEvent = (e) => this.#observe(e);
+    if (m.net) m.net.onEvent = (e) => this.#observe(e);
     if (this.options.diskMode === "replicated") m.block?.setDiskMode("replicated");
     if (this.options.diskMode === "shared") m.block?.setDiskMode("shared");
     if (this.options.lease) this.#startLease();
@@ -758,6 +759,11 @@ export class Primary implements OutputGate {
             sector: w.sector,
             data: w.data,
           });
+        }
+      }
+      if (m.net && taps.wants("net", "out")) {
+        for (const data of m.net.releasable(epoch)) {
+          show({ device: "net", direction: "out", kind: "frame", bytes: data.length, data });
         }
       }
       if (holds.length) await Promise.all(holds);
