@@ -1,7 +1,7 @@
 /**
  * Runs every kemari benchmark in sequence, each in its own process so one
  * benchmark's VMs, Workers and memory cannot disturb the next:
- * doorbell, pause, dirty, save_restore, transport_bulk, replication, net. Output (tables and BENCH_JSON lines)
+ * doorbell, pause, dirty, save_restore, transport_bulk, replication, net, redis. Output (tables and BENCH_JSON lines)
  * goes straight to this process's stdout. Exits non-zero if one failed.
  *
  *   deno run -A bench/mod.ts            (deno task bench)
@@ -16,6 +16,7 @@ const BENCHES = [
   "transport_bulk.ts",
   "replication.ts",
   "net.ts",
+  "redis.ts",
 ];
 
 let failed = 0;
