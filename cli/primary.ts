@@ -3,13 +3,19 @@
  * @module
  */
 
-import { NET_OPTIONS, parse, parseSize, str, UsageError } from "./common.ts";
+import { parse, parseSize, str, UsageError } from "./common.ts";
 import { resolveGuest } from "./guest_image.ts";
 import { Machine } from "../machine/machine.ts";
 import { Primary } from "../replication/primary.ts";
 import { TapBus } from "../taps/bus.ts";
 import { loadTap, parseTapOptions } from "../taps/loader.ts";
-import { nextPort, positiveInt, protectionSettings, serve } from "./protection.ts";
+import {
+  nextPort,
+  positiveInt,
+  PROTECTION_OPTIONS,
+  protectionSettings,
+  serve,
+} from "./protection.ts";
 
 export const PRIMARY_HELP = `Usage: kemari primary --listen HOST:PORT --key FILE [options]
 
@@ -48,30 +54,14 @@ Protection:
   -h, --help           this help`;
 
 const OPTIONS = {
+  ...PROTECTION_OPTIONS,
   guest: { type: "string" },
   args: { type: "string" },
   resume: { type: "string" },
-  memory: { type: "string" },
-  disk: { type: "string" },
-  "create-disk": { type: "string" },
-  console: { type: "string" },
-  listen: { type: "string" },
   "heartbeat-listen": { type: "string", multiple: true },
-  key: { type: "string" },
-  mode: { type: "string" },
-  interval: { type: "string" },
-  "max-interval": { type: "string" },
-  "disk-mode": { type: "string" },
-  "lease-ms": { type: "string" },
-  timeout: { type: "string" },
   verify: { type: "string" },
   tap: { type: "string", multiple: true },
   "tap-options": { type: "string", multiple: true },
-  name: { type: "string" },
-  control: { type: "string" },
-  transport: { type: "string" },
-  ...NET_OPTIONS,
-  help: { type: "boolean", short: "h" },
 } as const;
 
 export async function primary(argv: string[]): Promise<number> {

@@ -7,6 +7,7 @@
 
 import {
   EXIT_CODE,
+  NET_OPTIONS,
   netOptions,
   parseDuration,
   parseSize,
@@ -28,6 +29,27 @@ import { controlPath, ControlServer } from "../control/server.ts";
 import type { TapBus } from "../taps/bus.ts";
 import { tapHandlers } from "./tap.ts";
 import { describeStop, exitCodeFor } from "./supervise.ts";
+
+/** The parseArgs options both roles share (read by {@link protectionSettings}). */
+export const PROTECTION_OPTIONS = {
+  listen: { type: "string" },
+  key: { type: "string" },
+  memory: { type: "string" },
+  disk: { type: "string" },
+  "create-disk": { type: "string" },
+  "disk-mode": { type: "string" },
+  console: { type: "string" },
+  timeout: { type: "string" },
+  "lease-ms": { type: "string" },
+  mode: { type: "string" },
+  interval: { type: "string" },
+  "max-interval": { type: "string" },
+  name: { type: "string" },
+  control: { type: "string" },
+  transport: { type: "string" },
+  ...NET_OPTIONS,
+  help: { type: "boolean", short: "h" },
+} as const;
 
 /** The settings both roles parse the same way. */
 export interface ProtectionSettings {

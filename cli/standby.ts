@@ -4,12 +4,12 @@
  * @module
  */
 
-import { NET_OPTIONS, parse, parseSize, report, str, UsageError } from "./common.ts";
+import { parse, parseSize, report, str, UsageError } from "./common.ts";
 import { Standby } from "../replication/standby.ts";
 import { Primary } from "../replication/primary.ts";
 import { controlPath, ControlServer } from "../control/server.ts";
 import { TapBus } from "../taps/bus.ts";
-import { nextPort, protectionSettings, serve } from "./protection.ts";
+import { nextPort, PROTECTION_OPTIONS, protectionSettings, serve } from "./protection.ts";
 
 export const STANDBY_HELP = `Usage: kemari standby --primary HOST:PORT --key FILE [options]
 
@@ -41,25 +41,9 @@ Options:
   -h, --help           this help`;
 
 const OPTIONS = {
+  ...PROTECTION_OPTIONS,
   primary: { type: "string" },
   heartbeat: { type: "string", multiple: true },
-  key: { type: "string" },
-  listen: { type: "string" },
-  memory: { type: "string" },
-  disk: { type: "string" },
-  "create-disk": { type: "string" },
-  "disk-mode": { type: "string" },
-  console: { type: "string" },
-  timeout: { type: "string" },
-  "lease-ms": { type: "string" },
-  mode: { type: "string" },
-  interval: { type: "string" },
-  "max-interval": { type: "string" },
-  name: { type: "string" },
-  control: { type: "string" },
-  transport: { type: "string" },
-  ...NET_OPTIONS,
-  help: { type: "boolean", short: "h" },
 } as const;
 
 export async function standby(argv: string[]): Promise<number> {
