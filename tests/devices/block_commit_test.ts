@@ -4,7 +4,6 @@ import {
   BLKIF_OP,
   BLKIF_RSP,
   type BlkifRequest,
-  type BlkifSegment,
   BlockBackend,
   DeviceStateError,
   encodeBase64,
@@ -13,29 +12,12 @@ import {
 import { PAGE_SIZE } from "../../machine/layout.ts";
 import { type BlockFixture, DISK_SECTORS, openBlock, withBlock } from "./block_fixture.ts";
 import { FakeGate } from "./fake_gate.ts";
-import { copyMemory, gref, pattern } from "./guest.ts";
+import { copyMemory, pattern, req, roundTrip, seg } from "./guest.ts";
 
 const SRC = 0x100000;
 const DST = 0x200000;
 const W = BLKIF_OP.write;
 const R = BLKIF_OP.read;
-const roundTrip = <T>(value: T): T => JSON.parse(JSON.stringify(value));
-
-function seg(gpa: number, firstSect = 0, lastSect = 7): BlkifSegment {
-  return { gref: gref(gpa), firstSect, lastSect };
-}
-
-function req(op: number, id: bigint, sector: bigint, segments: BlkifSegment[]): BlkifRequest {
-  return {
-    operation: op,
-    nrSegments: segments.length,
-    handle: 0,
-    id,
-    sectorNumber: sector,
-    segments,
-  };
-}
-
 const flush = (id: bigint): BlkifRequest => req(BLKIF_OP.flushDiskcache, id, 0n, []);
 
 /** Puts `data` in guest page `gpa` and posts a one-page write of it at `sector`. */

@@ -8,7 +8,7 @@ import {
 } from "../../devices/mod.ts";
 import { GPA, PAGE_SIZE } from "../../machine/layout.ts";
 import { withBlock } from "./block_fixture.ts";
-import { gref, harvest, pattern } from "./guest.ts";
+import { harvest, pattern, seg } from "./guest.ts";
 
 function request(
   operation: number,
@@ -17,10 +17,6 @@ function request(
   segments: BlkifSegment[],
 ): BlkifRequest {
   return { operation, nrSegments: segments.length, handle: 0, id, sectorNumber, segments };
-}
-
-function seg(gpa: number, firstSect = 0, lastSect = 7): BlkifSegment {
-  return { gref: gref(gpa), firstSect, lastSect };
 }
 
 const SRC = 0x100000;

@@ -1,8 +1,6 @@
 import { deepStrictEqual, equal, ok as assert, throws } from "node:assert/strict";
 import {
   BLKIF_OP,
-  type BlkifRequest,
-  type BlkifSegment,
   BlockBackend,
   createImage,
   decodeDiskDelta,
@@ -22,30 +20,13 @@ import {
   withBlock,
 } from "./block_fixture.ts";
 import { FakeGate } from "./fake_gate.ts";
-import { gref, pattern } from "./guest.ts";
+import { pattern, req, roundTrip, seg } from "./guest.ts";
 
 const SRC = 0x100000;
 const DST = 0x200000;
 const W = BLKIF_OP.write;
 const R = BLKIF_OP.read;
 const LIMITS = { diskSectors: BigInt(DISK_SECTORS) };
-const roundTrip = <T>(value: T): T => JSON.parse(JSON.stringify(value));
-
-function seg(gpa: number, firstSect = 0, lastSect = 7): BlkifSegment {
-  return { gref: gref(gpa), firstSect, lastSect };
-}
-
-function req(op: number, id: bigint, sector: bigint, segments: BlkifSegment[]): BlkifRequest {
-  return {
-    operation: op,
-    nrSegments: segments.length,
-    handle: 0,
-    id,
-    sectorNumber: sector,
-    segments,
-  };
-}
-
 function postWrite(f: BlockFixture, id: bigint, sector: bigint, gpa: number, data: Uint8Array) {
   f.mem.bytes.set(data, gpa);
   f.front.post(req(W, id, sector, [seg(gpa, 0, data.length / 512 - 1)]));

@@ -11,6 +11,7 @@ import {
   BLKIF_REQUEST_SIZE,
   type BlkifRequest,
   type BlkifResponse,
+  type BlkifSegment,
   decodeResponse,
   encodeRequest,
   RING,
@@ -213,3 +214,28 @@ export class LogCapture {
     this.lines.push(line);
   };
 }
+
+/** A blkif segment covering sectors first..last of the page at `gpa`. */
+export function seg(gpa: number, firstSect = 0, lastSect = 7): BlkifSegment {
+  return { gref: gref(gpa), firstSect, lastSect };
+}
+
+/** A blkif request. */
+export function req(
+  op: number,
+  id: bigint,
+  sector: bigint,
+  segments: BlkifSegment[],
+): BlkifRequest {
+  return {
+    operation: op,
+    nrSegments: segments.length,
+    handle: 0,
+    id,
+    sectorNumber: sector,
+    segments,
+  };
+}
+
+/** A value through JSON and back (what a saved state goes through). */
+export const roundTrip = <T>(value: T): T => JSON.parse(JSON.stringify(value));
