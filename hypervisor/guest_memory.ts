@@ -8,7 +8,7 @@
  * @module
  */
 
-import { PAGE_SHIFT, PAGE_SIZE } from "../machine/layout.ts";
+import { PAGE_SIZE } from "../machine/layout.ts";
 
 /** A guest-controlled address or length fell outside guest RAM. */
 export class GuestAccessError extends Error {
@@ -124,15 +124,8 @@ export class GuestMemory {
     this.#anyDirty = false;
   }
 
-  /** Page number of a GPA. */
-  static pageOf(gpa: number): number {
-    return Math.floor(gpa / PAGE_SIZE);
-  }
-
   /** Bytes of a dirty bitmap covering this RAM. */
   get bitmapBytes(): number {
     return Math.ceil(this.pages / 8);
   }
 }
-
-export { PAGE_SHIFT };

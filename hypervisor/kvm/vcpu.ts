@@ -6,7 +6,6 @@
 
 import { close, mmapShared, munmap } from "../../ffi/libc.ts";
 import {
-  CAP,
   IOCTL,
   LAYOUT,
   MSR_KVM_ASYNC_PF_INT,
@@ -170,6 +169,3 @@ export class KvmVcpu {
     close(this.fd);
   }
 }
-
-/** XSAVE buffer size reported by KVM_CAP_XSAVE2. */
-export const XSAVE2_CAP = CAP.XSAVE2;
